@@ -1,0 +1,6 @@
+"""Tools that build the course itself (not used by the method modules):
+
+- :mod:`mechlab.course.exercises`: ``solutions/`` -> ``exercises/``, setup cells and Colab badges
+- :mod:`mechlab.course.run`: run notebooks headless (``make course``), or refresh committed outputs
+- :mod:`mechlab.course.colab`: the setup cell's code and the one repository setting
+"""
