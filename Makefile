@@ -27,6 +27,7 @@ course: setup
 
 ## Unit tests, then nbval on every notebook in notebooks/ and solutions/.
 test: setup
+	$(VPY) -m ruff check .
 	$(OFFLINE) $(VPY) -m pytest tests -q
 	$(OFFLINE) $(VPY) -m pytest notebooks solutions -q --nbval-lax --nbval-current-env \
 		--nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider

@@ -1,0 +1,134 @@
+"""The course pipeline: exercise generation, staleness, the Colab setup cell, the headless runner."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from mechlab.course import colab, exercises, run
+
+ROOT = Path(__file__).resolve().parents[1]
+_REAL_FIND_SPEC = importlib.util.find_spec
+
+
+def _solutions_nb(extra_md: str = "Difficulty: 🔴⚪⚪⚪⚪ · Importance: 🔵🔵⚪⚪⚪ · ~5 min\n"
+                  "<details><summary>Hint 1</summary>add</details>"):
+    v4 = nbformat.v4
+    return v4.new_notebook(cells=[
+        v4.new_markdown_cell("# Title"),
+        v4.new_code_cell("# mechlab: setup\npass"),
+        v4.new_markdown_cell("#### Exercise 1: add\n" + extra_md),
+        v4.new_code_cell("def add(a, b):\n    # BEGIN SOLUTION\n    return a + b\n    # END SOLUTION"),
+        v4.new_code_cell("# SOLUTION ONLY\nprint(add(1, 2))", outputs=[v4.new_output("stream", text="3\n")]),
+        v4.new_code_cell("assert add(2, 2) == 4"),
+    ], metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+
+
+def test_blank_keeps_indentation_and_raises():
+    src = "def f(x):\n    y = 1\n    # BEGIN SOLUTION\n    return x + y\n    # END SOLUTION\n"
+    out = exercises.blank_solutions(src)
+    assert "return x + y" not in out and "    y = 1" in out
+    assert '    raise NotImplementedError("Exercise' in out
+    namespace: dict = {}
+    exec(out, namespace)
+    with pytest.raises(NotImplementedError):
+        namespace["f"](1)
+
+
+def test_unclosed_or_stray_markers_are_errors():
+    with pytest.raises(exercises.ExerciseFormatError, match="never closed"):
+        exercises.blank_solutions("# BEGIN SOLUTION\nx = 1")
+    with pytest.raises(exercises.ExerciseFormatError, match="without"):
+        exercises.blank_solutions("x = 1\n# END SOLUTION")
+
+
+def test_make_exercise_blanks_drops_and_keeps_the_right_cells():
+    ex = exercises.make_exercise(_solutions_nb(), "solutions/x.ipynb", "exercises/x.ipynb")
+    sources = [c.source for c in ex.cells]
+    joined = "\n".join(sources)
+    assert "return a + b" not in joined and "NotImplementedError" in joined
+    assert "print(add(1, 2))" not in joined  # solution-only cell dropped
+    assert "assert add(2, 2) == 4" in joined  # checks stay
+    assert all(not c.get("outputs") for c in ex.cells if c.cell_type == "code")
+    assert sources[0].startswith(colab.BADGE_PREFIX) and "exercises/x.ipynb" in sources[0]
+    assert "Exercise version" in sources[1]
+
+
+def test_validation_names_missing_metadata_and_hints():
+    problems = exercises.validate_solutions(_solutions_nb(extra_md="no metadata here"), "nb")
+    assert any("Difficulty" in p for p in problems) and any("hint" in p for p in problems)
+
+
+def test_exercises_and_setup_cells_are_in_sync_with_solutions():
+    stale = exercises.build(ROOT / "solutions", ROOT / "exercises", ROOT / "notebooks", root=ROOT, check=True)
+    assert not stale, f"stale generated files, run `make exercises`: {stale}"
+
+
+def test_every_solutions_notebook_follows_the_exercise_conventions():
+    for path in sorted((ROOT / "solutions").glob("*.ipynb")):
+        assert exercises.validate_solutions(nbformat.read(path, as_version=4), path.name) == []
+
+
+def _run_setup_cell(monkeypatch, *, in_colab: bool, installed: bool) -> list[list[str]]:
+    calls: list[list[str]] = []
+    if in_colab:
+        monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    else:
+        monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: (_REAL_FIND_SPEC(name, *a) if installed or name != "mechlab" else None))
+    monkeypatch.setattr(subprocess, "run", lambda args, **kw: calls.append(list(args)))
+    exec(compile(colab.setup_cell_source(), "<setup cell>", "exec"), {})
+    return calls
+
+
+def test_setup_cell_in_colab_runs_one_pip_install_that_names_neither_torch_nor_numpy(monkeypatch):
+    calls = _run_setup_cell(monkeypatch, in_colab=True, installed=False)
+    assert len(calls) == 1
+    args = calls[0]
+    assert args[1:4] == ["-m", "pip", "install"]
+    named = [a for a in args[4:] if not a.startswith("-")]
+    constraints = args[args.index("-c") + 1]
+    named.remove(constraints)
+    assert named == [colab.install_target()]
+    assert not any(a.split("=")[0].split("<")[0].split(">")[0].strip() in {"torch", "numpy"} for a in args)
+    pins = Path(constraints).read_text()
+    assert "torch==" in pins  # torch is pinned to the version already installed, never replaced
+
+
+def test_setup_cell_does_nothing_outside_colab_or_when_installed(monkeypatch):
+    assert _run_setup_cell(monkeypatch, in_colab=False, installed=False) == []
+    assert _run_setup_cell(monkeypatch, in_colab=True, installed=True) == []
+
+
+def test_runner_executes_writes_html_and_reports_model(tmp_path, capsys):
+    v4 = nbformat.v4
+    nb = v4.new_notebook(cells=[v4.new_code_cell("print('mechlab: model toy-test [built here]')")],
+                         metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                  "language": "python"}})
+    src = tmp_path / "nbs" / "a.ipynb"
+    src.parent.mkdir()
+    nbformat.write(nb, src)
+    bad = tmp_path / "nbs" / "b.ipynb"
+    nbformat.write(v4.new_notebook(cells=[v4.new_code_cell("1/0")], metadata=nb.metadata), bad)
+    code = run.main([str(src.parent), "--out", str(tmp_path / "build")])
+    out = capsys.readouterr().out
+    assert code == 1  # b.ipynb fails
+    assert (tmp_path / "build" / "nbs" / "a.html").is_file()
+    assert "toy-test" in out and "FAILED" in out and "ZeroDivisionError" in out
+
+
+def test_shrink_outputs_replaces_only_large_outputs():
+    v4 = nbformat.v4
+    nb = v4.new_notebook(cells=[v4.new_code_cell("x", outputs=[
+        v4.new_output("display_data", data={"text/html": "x" * 300_000}),
+        v4.new_output("stream", text="small\n")])])
+    assert run.shrink_outputs(nb, max_kb=200) == 1
+    assert "not committed" in nb.cells[0].outputs[0]["text"]
+    assert nb.cells[0].outputs[1]["text"] == "small\n"
