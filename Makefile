@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	@$(VPY) -c "import torch" 2>/dev/null || $(VPY) -m pip install -q "$(TORCH_SPEC)"
 	$(VPY) -m pip install -q -e ".[course,dev]"
-	@$(VPY) -c "import torch, transformer_lens; print('mechlab setup: torch', torch.__version__, '| transformer_lens', transformer_lens.__version__ if hasattr(transformer_lens, '__version__') else '?')"
+	@$(VPY) -c "import torch, transformer_lens; import importlib.metadata as m; print('mechlab setup: torch', torch.__version__, '| transformer_lens', m.version('transformer_lens'))"
 	@touch $(STAMP)
 
 ## Run every notebook in notebooks/ and solutions/ headless on the offline model; executed copies + HTML in build/.

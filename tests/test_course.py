@@ -132,3 +132,12 @@ def test_shrink_outputs_replaces_only_large_outputs():
     assert run.shrink_outputs(nb, max_kb=200) == 1
     assert "not committed" in nb.cells[0].outputs[0]["text"]
     assert nb.cells[0].outputs[1]["text"] == "small\n"
+
+
+def test_pytest_collects_nbval_items_from_every_course_notebook():
+    notebooks = sorted(str(p.relative_to(ROOT)) for d in ("notebooks", "solutions") for p in (ROOT / d).glob("*.ipynb"))
+    assert notebooks, "no notebooks in notebooks/ or solutions/"
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "--nbval-lax", "-p",
+                           "no:cacheprovider", *notebooks], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    collected = {line.split("::")[0] for line in proc.stdout.splitlines() if "::" in line}
+    assert collected == set(notebooks), proc.stdout[-2000:] + proc.stderr[-2000:]
