@@ -1,0 +1,456 @@
+"""Attribution patching (AtP) and its integrated-gradients refinements: cheap linear estimates of what exact
+activation patching would measure.
+
+Exact patching answers "how much does the metric move when activation ``a`` of the baseline run is replaced by
+its value in the other run?" with one forward pass per patch. AtP answers it for every activation at once with
+a first-order Taylor expansion around the baseline run::
+
+    metric(patched) - metric(baseline)  ~=  (a_target - a_baseline) . d metric / d a  (at the baseline run)
+
+Directions (the words of ``mechlab``):
+
+    noising    (default) the baseline is the clean run, the target the corrupted one: the estimate of patching
+               corrupted activations into the clean run. Gradients are taken on the clean run; this needs one
+               corrupted forward plus one clean forward and backward.
+    denoising  the baseline is the corrupted run, the target the clean one: the estimate of patching clean
+               activations into the corrupted run (gradients on the corrupted run).
+
+Metric normalisation: ``metric(logits)`` returns one number per prompt; results are the mean over prompts of the
+per-prompt estimate, in the metric's unit. With ``normalise=True`` they are divided by the gap
+``mean metric(clean) - mean metric(corrupted)``, so a denoising patch that restores the whole gap reads +1 and a
+noising patch that destroys it reads -1. Every result's ``meta`` repeats the direction and normalisation.
+
+Where AtP is exact: when the metric is linear in the patched activation, e.g. the last layer's head outputs,
+attention and MLP outputs with the final norm's scale frozen (``freeze_final_scale=True`` replaces the scale of
+``ln_final`` by the baseline run's value, without gradient, in every pass). Where it fails: saturated softmaxes
+(queries and keys of a head whose pattern is nearly one-hot), where the gradient at the baseline says little
+about a large step. :func:`integrated_gradients` fixes that by averaging gradients along the straight path
+from the baseline to the target activation of one layer at a time (batched over the steps);
+:func:`input_integrated_gradients` is the EAP-IG variant that interpolates the input embeddings (the residual
+stream entering layer 0) and reads every layer's gradient from the same passes. Both average the gradient with
+the trapezoidal rule on ``steps`` evenly spaced alphas from 0 (baseline) to 1 (target), whose error falls like
+``1 / steps**2``; ``steps=1`` keeps only alpha = 0, the gradient at the baseline, so it is exactly AtP.
+
+Activation kinds: ``resid_pre``, ``attn_out``, ``mlp_out`` (one row per layer), ``z`` and ``q`` (one row per
+query head, ``L{l}H{h}``), ``k`` and ``v`` (one row per K/V head: ``L{l}H{h}`` when every query head has its
+own, ``L{l}KV{g}`` in multi-query / grouped-query models such as Gemma, where K/V head ``g`` serves several
+query heads and so is patched, and attributed, as one unit). Results have axes ``(component, pos)``.
+
+Precision: activations and gradients stay in the model's dtype (bf16 works); every product and sum is
+accumulated in fp32 and results are fp32.
+
+Example::
+
+    from mechlab.loading import load_model
+    from mechlab.attribution import attribution_patching, logit_diff_metric
+    model = load_model("tiny-gpt2", verbose=False)
+    clean, corrupted = model.to_tokens(["ab ab"]), model.to_tokens(["ab cd"])
+    metric = logit_diff_metric(torch.tensor([98]), torch.tensor([99]))
+    atp = attribution_patching(model, clean, corrupted, metric, kinds=["z", "mlp_out"])
+    atp["z"].top(3)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from mechlab.hooks import FINAL_NORM_SCALE, HEAD_KINDS, check_layer, hook_name, n_heads_for
+from mechlab.results import Labelled
+from mechlab.tokens import check_same_shape, logit_diff
+
+KINDS = ("resid_pre", "attn_out", "mlp_out", "z", "q", "k", "v")
+DIRECTIONS = ("noising", "denoising")
+_ROW_NAMES = {"resid_pre": "resid_pre", "attn_out": "attn", "mlp_out": "mlp"}
+
+Metric = Callable[[Float[Tensor, "batch pos d_vocab"]], Float[Tensor, " batch"]]
+
+
+def logit_diff_metric(
+    correct: Int[Tensor, " batch"], incorrect: Int[Tensor, " batch"] | Int[Tensor, "batch k"], *, pos: int = -1
+) -> Metric:
+    """A metric for these functions: per-prompt ``logit[correct] - logit[incorrect]`` at ``pos``, in fp32."""
+    correct, incorrect = torch.as_tensor(correct), torch.as_tensor(incorrect)
+    if correct.ndim != 1 or incorrect.shape[0] != correct.shape[0]:
+        raise ValueError(f"logit_diff_metric: correct has shape {tuple(correct.shape)} and incorrect "
+                         f"{tuple(incorrect.shape)}; pass one correct id per prompt and one incorrect id (or a row "
+                         "of ids) per prompt.")
+
+    def metric(logits: Float[Tensor, "batch pos d_vocab"]) -> Float[Tensor, " batch"]:
+        return logit_diff(logits[:, pos].float(), correct, incorrect)
+
+    return metric
+
+
+def component_labels(model, kind: str, layers: Sequence[int]) -> list[str]:
+    """Row labels of ``kind`` at ``layers``: ``L{l} mlp`` / ``L{l} attn`` / ``L{l} resid_pre``, ``L{l}H{h}``,
+    or ``L{l}KV{g}`` for the K/V heads of a grouped-query model."""
+    _check_kinds([kind])
+    if kind not in HEAD_KINDS:
+        return [f"L{layer} {_ROW_NAMES[kind]}" for layer in layers]
+    n = n_heads_for(model, kind)
+    tag = "KV" if kind in ("k", "v") and n != model.cfg.n_heads else "H"
+    return [f"L{layer}{tag}{h}" for layer in layers for h in range(n)]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# validation and the passes every method shares
+
+
+def _check_kinds(kinds: Sequence[str]) -> list[str]:
+    kinds = [kinds] if isinstance(kinds, str) else list(kinds)
+    bad = [k for k in kinds if k not in KINDS]
+    if bad or not kinds:
+        raise ValueError(f"unknown activation kinds {bad or kinds}; expected a non-empty list from {list(KINDS)}.")
+    return list(dict.fromkeys(kinds))
+
+
+def _prepare(model, clean, corrupted, direction, layers, freeze_final_scale):
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction={direction!r}; expected 'noising' (corrupted activations into the clean run) "
+                         "or 'denoising' (clean activations into the corrupted run).")
+    for what, toks in (("clean", clean), ("corrupted", corrupted)):
+        if not isinstance(toks, Tensor) or toks.dtype not in (torch.long, torch.int32) or toks.ndim != 2:
+            raise ValueError(f"{what} tokens must be an integer tensor of shape [batch, pos] (from "
+                             f"model.to_tokens or mechlab.tokens.clean_corrupted_tokens); got "
+                             f"{type(toks).__name__} {getattr(toks, 'dtype', '')} {tuple(getattr(toks, 'shape', ()))}.")
+    check_same_shape(clean, corrupted)
+    if freeze_final_scale and FINAL_NORM_SCALE not in model.hook_dict:
+        raise ValueError(f"freeze_final_scale=True needs the hook {FINAL_NORM_SCALE!r}, which this model lacks.")
+    layers = list(range(model.cfg.n_layers)) if layers is None else [check_layer(model, int(x)) for x in layers]
+    device = next(model.parameters()).device
+    clean, corrupted = clean.to(device), corrupted.to(device)
+    baseline, target = (clean, corrupted) if direction == "noising" else (corrupted, clean)
+    return baseline, target, layers
+
+
+def _metric_values(metric: Metric, logits: Tensor, batch: int) -> Float[Tensor, " n"]:
+    """Apply ``metric`` to each copy of the batch (the methods expand the batch) and check what it returns."""
+    out = []
+    for chunk in logits.split(batch):
+        values = metric(chunk)
+        if not isinstance(values, Tensor) or values.shape != (batch,):
+            raise ValueError(f"metric returned {type(values).__name__} of shape {tuple(getattr(values, 'shape', ()))};"
+                             f" expected one number per prompt, shape ({batch},) (e.g. logit_diff_metric(...)).")
+        out.append(values.float())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def _cache(model, tokens, names: set[str], metric: Metric) -> tuple[dict[str, Tensor], Tensor]:
+    """One forward pass keeping only ``names`` (on the device, detached) and the per-prompt metric."""
+    cache: dict[str, Tensor] = {}
+
+    def keeper(name):  # keyed by our name: TL4 may report a hook under its canonical alias
+        def keep(act, hook):
+            cache[name] = act.detach()
+        return keep
+
+    logits = model.run_with_hooks(tokens, fwd_hooks=[(name, keeper(name)) for name in sorted(names)])
+    return cache, _metric_values(metric, logits, tokens.shape[0])
+
+
+def _scale_hook(frozen: Tensor | None):
+    """Replace ln_final's scale by ``frozen`` (or by its own value, detached): no gradient through the scale."""
+    def hook(act, hook):
+        return (act if frozen is None else frozen).detach()
+    return hook
+
+
+def _reduce(kind: str, diff_times_grad: Float[Tensor, "batch pos ..."]) -> Tensor:
+    """Sum over the feature axis: [batch, pos, d] -> [batch, pos]; [batch, pos, head, d] -> [batch, pos, head]."""
+    return diff_times_grad.sum(-1)
+
+
+def _assemble(model, kind, layers, per_layer: dict[int, Tensor], scale: float, meta: dict, unit: str) -> Labelled:
+    """Per-layer [pos] or [pos, head] tensors -> one Labelled with axes (component, pos)."""
+    rows = []
+    for layer in layers:
+        x = per_layer[layer]
+        rows.append(x[None] if x.ndim == 1 else x.transpose(0, 1))  # [1, pos] or [head, pos]
+    values = (torch.cat(rows) / scale).cpu()
+    return Labelled(values, component_labels(model, kind, layers), unit=unit, axes=("component", "pos"),
+                    meta={**meta, "kind": kind, "layers": list(layers)})
+
+
+def _normaliser(metric_clean: Tensor, metric_corrupted: Tensor, normalise: bool) -> tuple[float, str, str]:
+    if not normalise:
+        return 1.0, "none: mean over prompts, in the metric's unit", "metric"
+    gap = float(metric_clean.mean() - metric_corrupted.mean())
+    if abs(gap) < 1e-6:
+        raise ValueError(f"normalise=True divides by the clean - corrupted metric gap, which is {gap:.3g} here; "
+                         "choose prompts where the metric differs between the runs, or pass normalise=False.")
+    return gap, "divided by mean metric(clean) - mean metric(corrupted)", "fraction of clean-corrupted gap"
+
+
+def _meta(method, direction, norm_text, metric_clean, metric_corrupted, freeze, **extra) -> dict:
+    return {"method": method, "direction": direction,
+            "estimates": "metric(baseline run with target activation) - metric(baseline run); baseline = "
+                         + ("clean, target = corrupted" if direction == "noising" else "corrupted, target = clean"),
+            "normalisation": norm_text, "metric_clean": float(metric_clean.mean()),
+            "metric_corrupted": float(metric_corrupted.mean()),
+            "final_scale": "frozen at the baseline run" if freeze else "live (gradient flows through the norm)",
+            "accumulation": "fp32", **extra}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# AtP
+
+
+def attribution_patching(
+    model,
+    clean: Int[Tensor, "batch pos"],
+    corrupted: Int[Tensor, "batch pos"],
+    metric: Metric,
+    *,
+    kinds: Sequence[str] = KINDS,
+    direction: str = "noising",
+    normalise: bool = False,
+    freeze_final_scale: bool = False,
+    layers: Sequence[int] | None = None,
+) -> dict[str, Labelled]:
+    """AtP for each of ``kinds``: ``{kind: Labelled[component, pos]}`` from one target forward plus one baseline
+    forward and backward (see the module docstring for direction, normalisation and labels).
+
+    Example::
+
+        atp = attribution_patching(model, clean, corrupted, metric, kinds=["z"], direction="denoising")
+        atp["z"]["L1H2"]          # estimated effect per position of patching head L1H2's clean output
+    """
+    kinds = _check_kinds(kinds)
+    baseline, target, layers = _prepare(model, clean, corrupted, direction, layers, freeze_final_scale)
+    names = {hook_name(k, layer): (k, layer) for k in kinds for layer in layers}
+    target_cache, metric_target = _cache(model, target, set(names), metric)
+
+    base_acts: dict[str, Tensor] = {}
+    deltas: dict[str, Tensor] = {}
+
+    def injector(name):  # a zero leaf added on the graph: d metric / d delta = d metric / d act
+        def inject(act, hook):
+            base_acts[name] = act.detach()
+            deltas[name] = torch.zeros_like(act, requires_grad=True)
+            return act + deltas[name]
+        return inject
+
+    hooks = [(name, injector(name)) for name in names]
+    if freeze_final_scale:
+        hooks.append((FINAL_NORM_SCALE, _scale_hook(None)))
+    with torch.enable_grad():
+        logits = model.run_with_hooks(baseline, fwd_hooks=hooks)
+        metric_base = _metric_values(metric, logits, baseline.shape[0])
+        order = list(names)
+        grads = torch.autograd.grad(metric_base.sum(), [deltas[n] for n in order], allow_unused=True)
+    del logits
+
+    metric_clean, metric_corr = ((metric_base, metric_target) if direction == "noising"
+                                 else (metric_target, metric_base))
+    scale, norm_text, unit = _normaliser(metric_clean.detach(), metric_corr, normalise)
+    meta = _meta("attribution patching (AtP)", direction, norm_text, metric_clean.detach(), metric_corr,
+                 freeze_final_scale)
+    per_kind: dict[str, dict[int, Tensor]] = {k: {} for k in kinds}
+    for name, grad in zip(order, grads, strict=True):
+        kind, layer = names[name]
+        diff = target_cache[name].float() - base_acts[name].float()
+        grad = torch.zeros_like(diff) if grad is None else grad.float()
+        per_kind[kind][layer] = _reduce(kind, diff * grad).mean(0)
+    return {k: _assemble(model, k, layers, per_kind[k], scale, meta, unit) for k in kinds}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# integrated gradients, one layer at a time
+
+
+def _check_steps(steps: int, max_batch: int) -> None:
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps={steps!r}; expected an integer >= 1 (1 is plain AtP; 16-32 is typical).")
+    if not isinstance(max_batch, int) or max_batch < 1:
+        raise ValueError(f"max_batch={max_batch!r}; expected a positive integer (sequences per forward pass).")
+
+
+def ig_alphas(steps: int) -> list[tuple[float, float]]:
+    """(alpha, weight) pairs of the trapezoidal rule on [0, 1] with ``steps`` points; ``steps=1``: [(0, 1)]."""
+    if steps == 1:
+        return [(0.0, 1.0)]
+    n = steps - 1
+    return [(k / n, (0.5 if k in (0, n) else 1.0) / n) for k in range(steps)]
+
+
+def integrated_gradients(
+    model,
+    clean: Int[Tensor, "batch pos"],
+    corrupted: Int[Tensor, "batch pos"],
+    metric: Metric,
+    *,
+    kind: str,
+    steps: int = 16,
+    direction: str = "noising",
+    normalise: bool = False,
+    freeze_final_scale: bool = False,
+    layers: Sequence[int] | None = None,
+    max_batch: int = 64,
+    progress: bool = True,
+) -> Labelled:
+    """AtP with integrated gradients for one activation ``kind``, one layer at a time.
+
+    For layer ``l`` the whole activation of ``kind`` at ``l`` (all positions and heads) follows the straight path
+    ``a_baseline + alpha (a_target - a_baseline)`` for ``steps`` alphas from 0 to 1 (:func:`ig_alphas`), on the
+    baseline tokens; every other layer runs normally. The attribution is ``(a_target - a_baseline) . avg grad``
+    (the gradient averaged over the path by the trapezoidal rule).
+    Summed over one layer it approaches the exact effect of patching that whole layer (completeness) as
+    ``steps`` grows. The (layer, alpha) pairs are stacked along the batch, ``max_batch`` sequences per forward
+    pass, so a pass serves several steps and layers.
+
+    Returns ``Labelled[component, pos]`` like :func:`attribution_patching`.
+    """
+    kind = _check_kinds([kind])[0]
+    _check_steps(steps, max_batch)
+    baseline, target, layers = _prepare(model, clean, corrupted, direction, layers, freeze_final_scale)
+    batch = baseline.shape[0]
+    names = {layer: hook_name(kind, layer) for layer in layers}
+    extra = {FINAL_NORM_SCALE} if freeze_final_scale else set()
+    base_cache, metric_base = _cache(model, baseline, set(names.values()) | extra, metric)
+    target_cache, metric_target = _cache(model, target, set(names.values()), metric)
+
+    items = [(layer, alpha, weight) for layer in layers for alpha, weight in ig_alphas(steps)]
+    per_pass = max(1, max_batch // batch)
+    grad_sum = {layer: torch.zeros_like(base_cache[names[layer]], dtype=torch.float32) for layer in layers}
+    chunks = [items[i:i + per_pass] for i in range(0, len(items), per_pass)]
+    for chunk in tqdm(chunks, desc=f"IG on {kind} ({steps} steps x {len(layers)} layers)", disable=not progress):
+        _ig_pass(model, baseline, metric, chunk, names, base_cache, target_cache, grad_sum, freeze_final_scale)
+
+    metric_clean, metric_corr = ((metric_base, metric_target) if direction == "noising"
+                                 else (metric_target, metric_base))
+    scale, norm_text, unit = _normaliser(metric_clean, metric_corr, normalise)
+    meta = _meta("AtP with integrated gradients (one layer at a time)", direction, norm_text, metric_clean,
+                 metric_corr, freeze_final_scale, steps=steps, alphas="trapezoidal rule on [0, 1]")
+    per_layer = {}
+    for layer in layers:
+        diff = target_cache[names[layer]].float() - base_cache[names[layer]].float()
+        per_layer[layer] = _reduce(kind, diff * grad_sum[layer]).mean(0)
+    return _assemble(model, kind, layers, per_layer, scale, meta, unit)
+
+
+def _ig_pass(model, baseline, metric, chunk, names, base_cache, target_cache, grad_sum, freeze) -> None:
+    """One forward + backward over ``chunk`` = [(layer, alpha, weight), ...], each item one copy of the batch."""
+    batch, n = baseline.shape[0], len(chunk)
+    chunk_layers = sorted({item[0] for item in chunk})
+    deltas: dict[int, Tensor] = {}
+
+    def make_hook(layer):
+        base, target = base_cache[names[layer]], target_cache[names[layer]]
+
+        def hook(act, hook):
+            # items of this layer get the interpolated activation; the others keep whatever their run computed
+            delta = torch.zeros_like(act)
+            for i, (item_layer, alpha, _) in enumerate(chunk):
+                if item_layer == layer:
+                    rows = slice(i * batch, (i + 1) * batch)
+                    delta[rows] = base + alpha * (target - base) - act[rows].detach()
+            delta.requires_grad_(True)
+            deltas[layer] = delta
+            return act + delta
+        return hook
+
+    hooks = [(names[layer], make_hook(layer)) for layer in chunk_layers]
+    if freeze:
+        hooks.append((FINAL_NORM_SCALE, _scale_hook(base_cache[FINAL_NORM_SCALE].repeat(n, 1, 1))))
+    with torch.enable_grad():
+        logits = model.run_with_hooks(baseline.repeat(n, 1), fwd_hooks=hooks)
+        total = _metric_values(metric, logits, batch).sum()
+        grads = torch.autograd.grad(total, [deltas[layer] for layer in chunk_layers], allow_unused=True)
+    by_layer = dict(zip(chunk_layers, grads, strict=True))
+    for i, (layer, _, weight) in enumerate(chunk):
+        grad = by_layer[layer]
+        if grad is not None:
+            grad_sum[layer] += weight * grad[i * batch:(i + 1) * batch].float()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# EAP-IG: interpolate the input embeddings, read every layer
+
+
+def input_integrated_gradients(
+    model,
+    clean: Int[Tensor, "batch pos"],
+    corrupted: Int[Tensor, "batch pos"],
+    metric: Metric,
+    *,
+    kinds: Sequence[str] = KINDS,
+    steps: int = 16,
+    direction: str = "noising",
+    normalise: bool = False,
+    freeze_final_scale: bool = False,
+    layers: Sequence[int] | None = None,
+    max_batch: int = 64,
+    progress: bool = True,
+) -> dict[str, Labelled]:
+    """EAP-IG: gradients averaged over runs whose input embeddings (the residual stream entering layer 0) move
+    from the baseline run's to the target run's, times each activation's target - baseline difference.
+
+    All layers and kinds come from the same ``steps`` passes (stacked along the batch, ``max_batch`` sequences
+    per pass). Summed over ``L0 resid_pre`` it approaches ``metric(target) - metric(baseline)``; ``steps=1`` is
+    AtP. Returns ``{kind: Labelled[component, pos]}`` like :func:`attribution_patching`.
+    """
+    kinds = _check_kinds(kinds)
+    _check_steps(steps, max_batch)
+    baseline, target, layers = _prepare(model, clean, corrupted, direction, layers, freeze_final_scale)
+    batch = baseline.shape[0]
+    embed = hook_name("resid_pre", 0)
+    names = {hook_name(k, layer): (k, layer) for k in kinds for layer in layers}
+    extra = {FINAL_NORM_SCALE} if freeze_final_scale else set()
+    base_cache, metric_base = _cache(model, baseline, set(names) | {embed} | extra, metric)
+    target_cache, metric_target = _cache(model, target, set(names) | {embed}, metric)
+    grad_sum = {name: torch.zeros_like(base_cache[name], dtype=torch.float32) for name in names}
+
+    pairs = ig_alphas(steps)
+    per_pass = max(1, max_batch // batch)
+    chunks = [pairs[i:i + per_pass] for i in range(0, steps, per_pass)]
+    for chunk in tqdm(chunks, desc=f"EAP-IG ({steps} steps)", disable=not progress):
+        n = len(chunk)
+        a = torch.tensor([p[0] for p in chunk], device=baseline.device).repeat_interleave(batch).view(-1, 1, 1)
+        w = torch.tensor([p[1] for p in chunk], device=baseline.device)
+        e0, e1 = base_cache[embed].repeat(n, 1, 1), target_cache[embed].repeat(n, 1, 1)
+        interp = (e0.float() + a * (e1.float() - e0.float())).to(e0.dtype)
+        deltas: dict[str, Tensor] = {}
+
+        def make_hook(name, interp=interp, deltas=deltas):
+            def hook(act, hook):
+                if name == embed:
+                    act = act + (interp - act.detach())  # the interpolated input, still on the graph
+                if name in names:
+                    deltas[name] = torch.zeros_like(act, requires_grad=True)
+                    act = act + deltas[name]
+                return act
+            return hook
+
+        hooks = [(name, make_hook(name)) for name in {embed, *names}]
+        if freeze_final_scale:
+            hooks.append((FINAL_NORM_SCALE, _scale_hook(base_cache[FINAL_NORM_SCALE].repeat(n, 1, 1))))
+        with torch.enable_grad():
+            logits = model.run_with_hooks(baseline.repeat(n, 1), fwd_hooks=hooks)
+            total = _metric_values(metric, logits, batch).sum()
+            order = list(names)
+            grads = torch.autograd.grad(total, [deltas[x] for x in order], allow_unused=True)
+        for name, grad in zip(order, grads, strict=True):
+            if grad is not None:
+                g = grad.float().view(n, batch, *grad.shape[1:])
+                grad_sum[name] += torch.einsum("n,nb...->b...", w, g)
+
+    metric_clean, metric_corr = ((metric_base, metric_target) if direction == "noising"
+                                 else (metric_target, metric_base))
+    scale, norm_text, unit = _normaliser(metric_clean, metric_corr, normalise)
+    meta = _meta("EAP-IG (input embeddings interpolated)", direction, norm_text, metric_clean, metric_corr,
+                 freeze_final_scale, steps=steps, alphas="trapezoidal rule on [0, 1]")
+    per_kind: dict[str, dict[int, Tensor]] = {k: {} for k in kinds}
+    for name, (kind, layer) in names.items():
+        diff = target_cache[name].float() - base_cache[name].float()
+        per_kind[kind][layer] = _reduce(kind, diff * grad_sum[name]).mean(0)
+    return {k: _assemble(model, k, layers, per_kind[k], scale, meta, unit) for k in kinds}
+
+
+__all__ = ["KINDS", "Metric", "attribution_patching", "component_labels", "ig_alphas", "input_integrated_gradients",
+           "integrated_gradients", "logit_diff_metric"]
