@@ -245,12 +245,12 @@ def attribution_patching(
         order = list(names)
         grads = torch.autograd.grad(metric_base.sum(), [deltas[n] for n in order], allow_unused=True)
     del logits
+    metric_base = metric_base.detach()
 
     metric_clean, metric_corr = ((metric_base, metric_target) if direction == "noising"
                                  else (metric_target, metric_base))
-    scale, norm_text, unit = _normaliser(metric_clean.detach(), metric_corr, normalise)
-    meta = _meta("attribution patching (AtP)", direction, norm_text, metric_clean.detach(), metric_corr,
-                 freeze_final_scale)
+    scale, norm_text, unit = _normaliser(metric_clean, metric_corr, normalise)
+    meta = _meta("attribution patching (AtP)", direction, norm_text, metric_clean, metric_corr, freeze_final_scale)
     per_kind: dict[str, dict[int, Tensor]] = {k: {} for k in kinds}
     for name, grad in zip(order, grads, strict=True):
         kind, layer = names[name]
