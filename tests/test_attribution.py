@@ -168,7 +168,7 @@ def test_ig_completeness_matches_exact_layer_patch(tiny_model, prompts, kind):
         assert abs(got - exact) <= 0.02 * abs(exact) + 1e-7, (kind, layer, got, exact)
     assert largest > 1e-5  # the patch moved the metric
     # the injection is real: on a nonlinear node IG moves away from plain AtP
-    assert not torch.allclose(ig.values, atp.values, atol=1e-6)
+    assert float((ig.values - atp.values).abs().max()) > 1e-3 * float(atp.values.abs().max())
 
 
 def test_input_ig_completeness(tiny_model, prompts):
