@@ -249,3 +249,43 @@ def test_bad_input(gpt2_like, prompts):
         attribution_patching(gpt2_like, clean, corrupted, metric, layers=[5])
     with pytest.raises(ValueError, match="gap"):
         attribution_patching(gpt2_like, clean, clean, metric, normalise=True)
+
+
+def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    ra, rb = a.argsort().argsort().double(), b.argsort().argsort().double()
+    return float(torch.corrcoef(torch.stack([ra, rb]))[0, 1])
+
+
+@pytest.mark.skipif("not __import__('mechlab.loading').loading.organism_available()",
+                    reason="needs the shipped organism checkpoint")
+def test_organism_ioi_heads_rank_like_exact_patching():
+    """Over all heads of the organism on IOI: Spearman with exact patching >= 0.8 (AtP) and >= 0.9 (IG, m=16)."""
+    from mechlab.data.ioi import corrupt, ioi_batch, make_ioi
+    from mechlab.loading import load_model
+
+    model = load_model("organism", verbose=False)
+    samples = make_ioi(16, seed=0, templates=[0])
+    clean_b, corr_b = ioi_batch(model, samples), ioi_batch(model, corrupt(samples, "abc", seed=1))
+    rows = torch.arange(len(samples))
+
+    def metric(logits):
+        final = logits[rows, clean_b.end].float()
+        return final[rows, clean_b.answer] - final[rows, clean_b.wrong]
+
+    clean, corrupted = clean_b.tokens, corr_b.tokens
+    atp = attribution_patching(model, clean, corrupted, metric, kinds=["z"])["z"].values.sum(-1)
+    ig = integrated_gradients(model, clean, corrupted, metric, kind="z", steps=16, progress=False).values.sum(-1)
+    m0 = _patched_metric(model, clean, metric, hook_name("z", 0), lambda act: act)
+    exact = []
+    for layer in range(model.cfg.n_layers):
+        name = hook_name("z", layer)
+        tgt = _acts(model, corrupted, name)
+        for h in range(model.cfg.n_heads):
+            def edit(act, h=h, tgt=tgt):
+                act = act.clone()
+                act[:, :, h] = tgt[:, :, h]
+                return act
+            exact.append(_patched_metric(model, clean, metric, name, edit) - m0)
+    exact = torch.tensor(exact)
+    assert _spearman(atp, exact) >= 0.8
+    assert _spearman(ig, exact) >= 0.9
