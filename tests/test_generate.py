@@ -1,0 +1,147 @@
+"""mechlab.generate against step-by-step greedy decoding: one prompt at a time, a full forward per token."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mechlab.generate import generate
+from mechlab.loading import load_model
+
+PROMPTS = [  # different lengths, so the batch is left-padded
+    "Hello",
+    "The quick brown fox jumps over",
+    "Every wumpus is a yumpus. Fae is a wumpus. Is Fae sunny?",
+    "a b c",
+]
+
+
+def stepwise_greedy(model, prompt: str, n: int) -> tuple[list[int], list[float]]:
+    """The reference: no cache, no padding, the whole sequence through the model for every new token."""
+    tokens = model.to_tokens(prompt)
+    chosen, logprobs = [], []
+    with torch.no_grad():
+        for _ in range(n):
+            last = model(tokens)[0, -1].float()
+            tok = int(last.argmax())
+            chosen.append(tok)
+            logprobs.append(float(last.log_softmax(-1)[tok]))
+            tokens = torch.cat([tokens, torch.tensor([[tok]], device=tokens.device)], dim=1)
+    return chosen, logprobs
+
+
+@pytest.fixture(scope="module", params=["tiny-gpt2", "tiny-gemma"])
+def sharp_model(request, device):
+    """A tiny model with its block weights scaled up, so that its greedy tokens depend on every position.
+
+    The session fixtures' small random weights make near-uniform attention: their greedy output barely
+    depends on the positions or the mask, so a wrong position id could still give the right tokens.
+    """
+    model = load_model(request.param, device=device, seed=5, verbose=False)
+    with torch.no_grad():
+        for name, param in model.original_model.named_parameters():
+            if param.ndim == 2 and not any(k in name for k in ("embed", "wte", "wpe")):
+                param.mul_(5)
+    return model
+
+
+def _check_against_stepwise(model, n_new: int) -> list[list[int]]:
+    out = generate(model, PROMPTS, max_new_tokens=n_new, stop_at_eos=False, batch_size=3)
+    refs = []
+    for i, prompt in enumerate(PROMPTS):
+        ref_tokens, ref_logprobs = stepwise_greedy(model, prompt, n_new)
+        assert out.tokens[i].tolist() == ref_tokens, f"prompt {i} ({prompt!r})"
+        # the log-probs see what tokens may hide: a slightly wrong position or mask shifts them
+        torch.testing.assert_close(out.logprobs[i], torch.tensor(ref_logprobs), atol=1e-5, rtol=0)
+        assert out.finish[i] == "length"
+        assert out.texts[i] == model.tokenizer.decode(ref_tokens)
+        refs.append(ref_tokens)
+    return refs
+
+
+def test_generation_matches_stepwise_greedy(tiny_model):
+    _check_against_stepwise(tiny_model, n_new=10)
+
+
+def test_generation_matches_stepwise_greedy_on_position_sensitive_models(sharp_model):
+    refs = _check_against_stepwise(sharp_model, n_new=12)
+    assert any(len(set(r)) > 3 for r in refs), "the reference continuations are too repetitive to test anything"
+
+
+def test_a_prompt_gets_the_same_tokens_alone_and_in_a_batch(sharp_model):
+    alone = generate(sharp_model, PROMPTS[0], max_new_tokens=8, stop_at_eos=False)
+    batched = generate(sharp_model, PROMPTS, max_new_tokens=8, stop_at_eos=False, batch_size=len(PROMPTS))
+    assert alone.tokens[0].tolist() == batched.tokens[0].tolist()
+
+
+def _multi_token_stop(model) -> tuple[str, str, list[int], int]:
+    """A printable piece of 2-3 tokens that one prompt's reference continuation completes at token ``end``.
+
+    Returns (prompt, stop string, reference tokens, end); the piece does not occur before token ``end``.
+    """
+    decode = model.tokenizer.decode
+    for prompt in PROMPTS:
+        tokens, _ = stepwise_greedy(model, prompt, 16)
+        for width in (3, 2):
+            for end in range(width, len(tokens) + 1):
+                piece = decode(tokens[end - width:end])
+                if (piece.isprintable() and piece.strip() and "\ufffd" not in piece
+                        and piece in decode(tokens[:end]) and piece not in decode(tokens[:end - 1])
+                        and model.to_tokens(piece, prepend_bos=False).shape[1] >= 2):
+                    return prompt, piece, tokens, end
+    raise AssertionError("no printable multi-token piece in any reference continuation; change the seed")
+
+
+def test_multi_token_stop_string_ends_the_row_and_cuts_the_text(sharp_model):
+    prompt, stop, ref_tokens, end = _multi_token_stop(sharp_model)
+    full = sharp_model.tokenizer.decode(ref_tokens[:end])
+    cut = full.index(stop)
+    other = next(p for p in PROMPTS if p != prompt)
+
+    out = generate(sharp_model, [prompt, other], max_new_tokens=16, stop=["\x00never", stop], stop_at_eos=False)
+    assert out.tokens[0].tolist() == ref_tokens[:end]  # stops on the token that completes the string
+    assert out.finish[0] == "stop" and out.stop_found[0] == stop
+    assert out.texts[0] == full[:cut + len(stop)] and out.texts[0].endswith(stop)
+    assert out.full_texts[0] == prompt + out.texts[0]
+    # the other row carries on to max_new_tokens unless the string shows up there too
+    assert out.finish[1] == ("stop" if stop in out.texts[1] else "length")
+    assert len(out.tokens[1]) == 16 or out.finish[1] == "stop"
+
+    dropped = generate(sharp_model, prompt, max_new_tokens=16, stop=stop, include_stop=False, stop_at_eos=False)
+    assert dropped.texts[0] == full[:cut]
+
+
+def test_the_cache_is_used_one_new_token_per_step(gpt2_like):
+    widths = []
+
+    def record(act, hook):
+        widths.append(act.shape[1])
+
+    with gpt2_like.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", record)]):
+        generate(gpt2_like, PROMPTS[:2], max_new_tokens=5, stop_at_eos=False)
+    longest = max(gpt2_like.to_tokens(p).shape[1] for p in PROMPTS[:2])
+    assert widths == [longest] + [1] * 4
+
+
+def test_hooks_in_scope_act_on_every_step(gpt2_like):
+    plain = generate(gpt2_like, PROMPTS[1], max_new_tokens=6, stop_at_eos=False)
+    boost = gpt2_like.W_U[:, 7].detach() * 1e3  # pushes every prediction towards token 7
+
+    def steer(resid, hook):
+        return resid + boost
+
+    with gpt2_like.hooks(fwd_hooks=[("blocks.1.hook_resid_post", steer)]):
+        steered = generate(gpt2_like, PROMPTS[1], max_new_tokens=6, stop_at_eos=False)
+    assert steered.tokens[0].tolist() == [7] * 6
+    assert plain.tokens[0].tolist() != [7] * 6
+
+
+def test_refuses_bad_arguments(gpt2_like):
+    with pytest.raises(ValueError, match="context"):
+        generate(gpt2_like, "x" * 250, max_new_tokens=20)
+    with pytest.raises(ValueError, match="non-empty list of strings"):
+        generate(gpt2_like, [])
+    with pytest.raises(ValueError, match="stop must be non-empty strings"):
+        generate(gpt2_like, "hi", stop=[""])
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        generate(gpt2_like, "hi", max_new_tokens=0)
