@@ -1,0 +1,1 @@
+"""Benchmarks of mechlab's methods: `python -m benchmarks.run --size tiny|full`."""
