@@ -3,8 +3,11 @@ returns a figure (plotly) or a view (circuitsvis) and the notebook decides to di
 
 Submodules (one per kind of figure; each re-exported here):
     basic       labelled imshow, line, scatter, layer x head grids
+    attention   attention views (circuitsvis, offline), per-head heatmaps, head-type score grids
 """
 
+from mechlab.plot.attention import attention_heatmaps, attention_view, head_type_grids
 from mechlab.plot.basic import imshow, layer_head_grid, line, scatter
 
 __all__ = ["imshow", "layer_head_grid", "line", "scatter"]
+__all__ += ["attention_heatmaps", "attention_view", "head_type_grids"]
