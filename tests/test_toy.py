@@ -191,9 +191,11 @@ def test_evaluate_weights_a_short_last_batch():
 
 
 def test_training_reaches_the_ceiling_fast_and_reproducibly():
+    threads = torch.get_num_threads()
     start = time.perf_counter()
     first = train(ToyConfig(), TrainConfig(), progress=False)
     seconds = time.perf_counter() - start
+    assert torch.get_num_threads() == threads  # train() runs on one thread and restores the setting
     second = train(ToyConfig(), TrainConfig(), progress=False)
     assert seconds < 60, f"training took {seconds:.1f} s"
     assert first.history == second.history  # identical numbers, epoch by epoch
