@@ -59,7 +59,8 @@ def attention_patterns(model, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor,
     return torch.stack([cache[hook_name("pattern", layer)] for layer in range(model.cfg.n_layers)], dim=1)
 
 
-def _special_ids(model) -> set[int]:
+def special_token_ids(model) -> set[int]:
+    """Ids of the tokenizer's special tokens (BOS, EOS, padding...), never drawn as random tokens."""
     tok = model.tokenizer
     ids = set(getattr(tok, "all_special_ids", []) or [])
     for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
@@ -82,7 +83,7 @@ def repeated_random_tokens(model, seq_len: int, batch: int = 4, *, seed: int = 0
         raise ValueError(f"seq_len={seq_len} makes {1 + 2 * seq_len} tokens, more than the model's context of "
                          f"{model.cfg.n_ctx}; use seq_len <= {(model.cfg.n_ctx - 1) // 2}.")
     vocab = min(len(model.tokenizer), model.cfg.d_vocab)
-    special = _special_ids(model)
+    special = special_token_ids(model)
     candidates = torch.tensor([i for i in range(vocab) if i not in special], dtype=torch.long)
     if len(candidates) < seq_len:
         raise ValueError(f"seq_len={seq_len} distinct tokens were asked for but the tokenizer has only "
@@ -268,4 +269,4 @@ def compare_heads(detected: dict[str, list[str]], known: dict[str, list[str]]) -
 __all__ = ["GPT2_KNOWN_HEADS", "KINDS", "HeadScores", "attention_patterns", "compare_heads", "duplicate_token_mask",
            "duplicate_token_score", "head_scores", "induction_mask", "induction_score", "known_heads",
            "masked_score", "previous_token_mask", "previous_token_score", "repeated_random_tokens",
-           "scores_from_patterns"]
+           "scores_from_patterns", "special_token_ids"]

@@ -188,7 +188,7 @@ def attention_view(
     arr = to_numpy(pattern)
     _check_pattern(arr, tokens, head_names)
     names = list(head_names) if head_names is not None else [f"H{h}" for h in range(arr.shape[0])]
-    props = {"attention": np.round(arr, 4).tolist(), "tokens": [str(t) for t in tokens],
+    props = {"attention": np.round(arr.astype(np.float64), 4).tolist(), "tokens": [str(t) for t in tokens],
              "attentionHeadNames": names, "maskUpperTri": True}
     return AttentionView(props, n_heads=arr.shape[0], n_tokens=len(tokens), mode=mode)
 
