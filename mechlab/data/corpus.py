@@ -30,7 +30,7 @@ class Mix:
     induction: float = 0.15  # a random token sequence repeated twice
     filler: float = 0.25  # plain grammar text
     prontoqa_hops: tuple = (1, 2)  # hops of the training problems
-    prontoqa_distractors: tuple = (2, 4)  # range of distractor facts
+    prontoqa_distractors: tuple = (1, 3)  # range of distractor facts
     induction_len: tuple = (8, 30)  # range of the half length of induction sequences
 
     def kinds(self) -> tuple[list[str], list[float]]:

@@ -1,0 +1,134 @@
+"""The shipped organism: loads fast, its tokenizer round-trips, it meets its targets on a fast subset, the model
+card's numbers match a recomputation, and a short training run lowers the loss."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+
+from mechlab.loading import ORGANISM_DIR, organism_available
+
+pytestmark = pytest.mark.skipif(not organism_available(), reason="the organism checkpoint is not shipped")
+
+
+@pytest.fixture(scope="module")
+def organism():
+    import transformer_lens  # noqa: F401  (the import itself, 3-4 s, is not part of loading the model)
+
+    from mechlab.loading import load_model
+
+    start = time.time()
+    model = load_model("organism", device="cpu", verbose=False)
+    model.load_seconds = time.time() - start
+    return model
+
+
+@pytest.fixture(scope="module")
+def evaluation():
+    return json.loads((ORGANISM_DIR / "evaluation.json").read_text())
+
+
+def test_loads_offline_fast_and_is_the_default(organism):
+    from mechlab.loading import resolve_model_name
+
+    assert organism.load_seconds < 5.0
+    assert resolve_model_name("offline") == "organism"
+    size = sum(p.stat().st_size for p in ORGANISM_DIR.iterdir())
+    assert size < 20e6
+    assert type(organism.original_model).__name__ == "GPT2LMHeadModel"
+
+
+def test_tokenizer_round_trips_and_is_bpe():
+    from mechlab.data.ioi import NAMES
+    from mechlab.organism.tokenizer import load_tokenizer
+
+    tok = load_tokenizer()
+    texts = ["When Mary and John went to the store, John gave a drink to Mary.",
+             "Every wumpus is a yumpus.\nQuestion: Is Fae hot?\n(1) Fae is a wumpus.", "  odd   spacing\t\n",
+             "Unicode: café, naïve, 東京, emoji 🙂", "The archaeologist found interpretability counterintuitive."]
+    for text in texts:
+        assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
+    pieces = tok.convert_ids_to_tokens(tok("the garden and the river")["input_ids"])
+    assert pieces == ["the", "Ġgarden", "Ġand", "Ġthe", "Ġriver"]  # leading-space tokens
+    assert all(len(tok(" " + n)["input_ids"]) == 1 for n in NAMES)
+    assert len(tok(" interpretability")["input_ids"]) >= 3  # a rare word split into pieces
+    assert tok.bos_token == tok.eos_token == "<|endoftext|>"
+
+
+def test_targets_on_a_fast_subset(organism, evaluation):
+    from mechlab.organism import evaluate as ev
+
+    ioi = ev.ioi_metrics(organism, n=60, seed=ev.HELD_OUT_SEED + 7)
+    assert ioi["accuracy"] >= ev.TARGETS["ioi_accuracy"]
+    assert ioi["logit_diff"] >= ev.TARGETS["ioi_logit_diff"]
+    ind = ev.induction_metrics(organism, n=12, seed=ev.HELD_OUT_SEED + 7)
+    assert ind["second_half_loss"] <= ev.TARGETS["induction_second_half_loss"]
+    assert ind["first_half_loss"] >= ev.TARGETS["induction_first_half_loss_min"]
+    pq = ev.prontoqa_metrics(organism, n=20, seed=ev.HELD_OUT_SEED + 7)
+    # the card states whether the PrOntoQA targets are met; the subset must agree with that claim
+    met = evaluation["targets_met"]
+    assert (pq["answer_acc"] >= 0.85) == met["prontoqa_answer"] or abs(pq["answer_acc"] - 0.9) < 0.1
+    assert (pq["cot_acc"] >= 0.85) == met["prontoqa_cot"] or abs(pq["cot_acc"] - 0.9) < 0.1
+
+
+def test_card_matches_recomputation(organism, evaluation):
+    from mechlab.organism import evaluate as ev
+
+    ioi = ev.ioi_metrics(organism, n=evaluation["ioi"]["n"])
+    assert ioi["accuracy"] == pytest.approx(evaluation["ioi"]["accuracy"], abs=1e-6)
+    assert ioi["logit_diff"] == pytest.approx(evaluation["ioi"]["logit_diff"], abs=1e-3)
+    h = ev.head_types(organism)
+    for kind, scores in h["scores"].items():
+        for label, value in scores.items():
+            assert value == pytest.approx(evaluation["head_types"]["scores"][kind][label], abs=1e-4)
+    assert h["detected"] == evaluation["head_types"]["detected"]
+    record = json.loads((ORGANISM_DIR / "training.json").read_text())
+    card = (ORGANISM_DIR.parent / "README.md").read_text()
+    assert ev.card_section(evaluation, record) in card
+    heads = json.loads((ORGANISM_DIR.parent / "heads.json").read_text())
+    assert heads == evaluation["head_types"]["detected"]
+
+
+def test_self_repair_claim(organism, evaluation):
+    """Recompute the direct effect of the top name mover and the effect of ablating it, by an exact patch."""
+    from mechlab.data import ioi
+    from mechlab.organism import evaluate as ev
+    from mechlab.tokens import logit_diff
+
+    claim = evaluation["ioi_circuit"]
+    layer, head = (int(x) for x in claim["top_name_mover"][1:].split("H"))
+    n, seed = claim["n"], ev.HELD_OUT_SEED + 1
+    clean_s = ioi.make_ioi(n, seed=seed)
+    clean, corr = ioi.ioi_batch(organism, clean_s), ioi.ioi_batch(organism, ioi.corrupt(clean_s, "abc", seed=seed))
+    name = f"blocks.{layer}.attn.hook_z"
+    with torch.no_grad():
+        _, cache = organism.run_with_cache(corr.tokens, names_filter=lambda x: x == name)
+        rows = torch.arange(n)
+        base = organism(clean.tokens)[rows, clean.end]
+
+        def patch(z, hook):
+            z[:, :, head] = cache[name][:, :, head]
+            return z
+
+        patched = organism.run_with_hooks(clean.tokens, fwd_hooks=[(name, patch)])[rows, clean.end]
+    drop = float((logit_diff(base, clean.answer, clean.wrong) - logit_diff(patched, clean.answer, clean.wrong)).mean())
+    assert drop == pytest.approx(claim["total_effect"], abs=1e-3)
+    assert abs(drop) > 0.05  # the patch changes the output
+    assert evaluation["targets_met"]["self_repair"] == (claim["top_direct_effect"] > 1.0
+                                                        and drop < 0.8 * claim["top_direct_effect"])
+
+
+def test_training_smoke_lowers_the_loss(tmp_path):
+    from mechlab.data.corpus import Mix
+    from mechlab.organism.train import TrainConfig, train
+
+    cfg = TrainConfig(steps=40, batch=8, seq_len=64, n_layer=1, n_embd=64, n_head=2, tokenizer_docs=1000,
+                      min_frequency=20, warmup=5, log_every=5, mix=Mix(prontoqa=0.0))
+    record = train(cfg, tmp_path, progress=False, max_seconds=50)
+    losses = [loss for _, loss in record["losses"]]
+    assert record["seconds"] < 60
+    assert min(losses[-3:]) < losses[0] - 1.0
+    assert (tmp_path / "model.safetensors").is_file() and (tmp_path / "tokenizer.json").is_file()
