@@ -1,0 +1,377 @@
+"""Exact activation patching: replace one activation of a run by its value in another run and measure a metric.
+
+Directions (the words of ``mechlab``):
+
+    noising    (default) run the clean prompts, patch in the corrupted run's activation: how much does the clean
+               behaviour depend on this activation?
+    denoising  run the corrupted prompts, patch in the clean run's activation: is this activation enough to
+               bring the clean behaviour back?
+
+What can be patched (``kind``) and the rows of the result:
+
+    resid_pre, attn_out, mlp_out    one row per layer: ``L{l} resid_pre``, ``L{l} attn``, ``L{l} mlp``
+    z, q                            one row per query head: ``L{l}H{h}``
+    k, v                            one row per K/V head. In multi-query / grouped-query models (Gemma-2b has one
+                                    K/V head per layer) a K/V head is shared by several query heads, so it is
+                                    patched as one unit and labelled ``L{l}KV{g}``; with one K/V head per query
+                                    head the labels are ``L{l}H{h}``.
+
+``per_position=True`` patches one (row, position) at a time and returns values [component, pos];
+``per_position=False`` patches the row at every position at once and returns values [component].
+
+The metric is any callable ``metric(logits) -> [batch]`` (one number per prompt), e.g. :func:`logit_diff_metric`
+or :func:`gap_fraction_metric`. A result entry is the mean over prompts of the metric on the patched run; with
+``effect=True`` the unpatched baseline run's mean is subtracted (the convention of ``mechlab.attribution``, so
+the two compare directly), and ``normalise=True`` divides by the gap ``mean metric(clean) - mean metric(corrupted)``
+(after subtracting the corrupted mean when ``effect=False``: 1 = clean behaviour, 0 = corrupted behaviour).
+
+Speed: patches run many at a time, each on its own copy of the batch stacked along the batch axis. The number of
+copies per forward pass (``max_batch`` sequences in all) is chosen from the free memory unless given; a tqdm bar
+shows progress. The result equals a loop of one forward pass per patch (tested to 1e-5).
+
+Example::
+
+    from mechlab.loading import load_model
+    from mechlab.patching import activation_patching, logit_diff_metric
+    model = load_model("tiny-gpt2", verbose=False)
+    clean, corrupted = model.to_tokens(["ab ab"]), model.to_tokens(["ab cd"])
+    metric = logit_diff_metric(torch.tensor([98]), torch.tensor([99]))
+    heads = activation_patching(model, clean, corrupted, metric, kind="z", per_position=False)
+    heads.top(3)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from mechlab.hooks import HEAD_KINDS, check_layer, hook_name, n_heads_for
+from mechlab.results import Labelled
+from mechlab.tokens import clean_corrupted_tokens, logit_diff
+
+KINDS = ("resid_pre", "attn_out", "mlp_out", "z", "q", "k", "v")
+DIRECTIONS = ("noising", "denoising")
+_ROW_NAMES = {"resid_pre": "resid_pre", "attn_out": "attn", "mlp_out": "mlp"}
+
+Metric = Callable[[Float[Tensor, "batch pos d_vocab"]], Float[Tensor, " batch"]]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# metrics
+
+
+def logit_diff_metric(
+    correct: Int[Tensor, " batch"],
+    incorrect: Int[Tensor, " batch"] | Int[Tensor, "batch k"],
+    *,
+    pos: int | Int[Tensor, " batch"] = -1,
+) -> Metric:
+    """Per-prompt ``logit[correct] - mean logit[incorrect]`` at ``pos`` (one position, or one per prompt such as
+    ``IOIBatch.end`` for right-padded prompts), in fp32."""
+    correct, incorrect = torch.as_tensor(correct), torch.as_tensor(incorrect)
+    pos_t = torch.as_tensor(pos)
+    if correct.ndim != 1 or incorrect.ndim not in (1, 2) or incorrect.shape[0] != correct.shape[0]:
+        raise ValueError(f"logit_diff_metric: correct has shape {tuple(correct.shape)} and incorrect "
+                         f"{tuple(incorrect.shape)}; pass one correct id per prompt and one incorrect id (or a row "
+                         "of ids, averaged) per prompt.")
+    if pos_t.ndim == 1 and pos_t.shape[0] != correct.shape[0]:
+        raise ValueError(f"logit_diff_metric: {pos_t.shape[0]} positions for {correct.shape[0]} prompts; pass one "
+                         "position, or one per prompt.")
+
+    def metric(logits: Float[Tensor, "batch pos d_vocab"]) -> Float[Tensor, " batch"]:
+        if pos_t.ndim == 0:
+            final = logits[:, int(pos_t)]
+        else:
+            final = logits[torch.arange(logits.shape[0], device=logits.device), pos_t.to(logits.device)]
+        return logit_diff(final.float(), correct, incorrect)
+
+    return metric
+
+
+def gap_fraction_metric(metric: Metric, clean_value: float | Tensor, corrupted_value: float | Tensor) -> Metric:
+    """``(metric - corrupted_value) / (clean_value - corrupted_value)``: 1 on clean behaviour, 0 on corrupted.
+
+    Values may be numbers or per-prompt tensors (then each prompt is normalised by its own gap).
+    """
+    gap = torch.as_tensor(clean_value, dtype=torch.float32) - torch.as_tensor(corrupted_value, dtype=torch.float32)
+    if bool((gap.abs() < 1e-6).any()):
+        raise ValueError(f"gap_fraction_metric: clean - corrupted = {gap.tolist()}, (nearly) zero; the metric does "
+                         "not tell the runs apart, so no fraction of the gap can be measured. Choose other prompts.")
+    corrupted_value = torch.as_tensor(corrupted_value, dtype=torch.float32)
+
+    def fraction(logits: Float[Tensor, "batch pos d_vocab"]) -> Float[Tensor, " batch"]:
+        value = metric(logits)
+        return (value - corrupted_value.to(value.device)) / gap.to(value.device)
+
+    return fraction
+
+
+# ---------------------------------------------------------------------------------------------------------
+# patches and labels
+
+
+@dataclass(frozen=True)
+class Patch:
+    """One intervention: overwrite ``name``'s activation at ``pos`` (None: all) and ``head`` (None: all)."""
+
+    name: str  # hook name, e.g. blocks.3.attn.hook_z
+    head: int | None = None  # index on the head axis (query head, or K/V head for k and v)
+    pos: int | None = None  # position, or None for every position
+
+
+def row_labels(model, kind: str, layers: Sequence[int]) -> list[str]:
+    """Row labels of ``kind``: ``L{l} resid_pre`` / ``L{l} attn`` / ``L{l} mlp``, ``L{l}H{h}``, or ``L{l}KV{g}``
+    for the K/V heads of a multi-query model (the same labels as ``mechlab.attribution``)."""
+    check_kind(kind)
+    if kind not in HEAD_KINDS:
+        return [f"L{layer} {_ROW_NAMES[kind]}" for layer in layers]
+    n = n_heads_for(model, kind)
+    tag = "KV" if kind in ("k", "v") and n != model.cfg.n_heads else "H"
+    return [f"L{layer}{tag}{h}" for layer in layers for h in range(n)]
+
+
+def check_kind(kind: str) -> str:
+    if kind not in KINDS:
+        raise ValueError(f"unknown activation kind {kind!r} for patching; expected one of {list(KINDS)}.")
+    return kind
+
+
+def _check_direction(direction: str) -> str:
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction={direction!r}; expected 'noising' (corrupted activations into the clean run) "
+                         "or 'denoising' (clean activations into the corrupted run).")
+    return direction
+
+
+def _model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _check_tokens(model, tokens, what: str) -> Int[Tensor, "batch pos"]:
+    if not isinstance(tokens, Tensor) or tokens.dtype not in (torch.long, torch.int32) or tokens.ndim != 2:
+        raise ValueError(f"{what} tokens must be an integer tensor of shape [batch, pos] (from model.to_tokens or "
+                         f"mechlab.tokens.clean_corrupted_tokens); got {type(tokens).__name__} "
+                         f"{getattr(tokens, 'dtype', '')} {tuple(getattr(tokens, 'shape', ()))}.")
+    return tokens.to(_model_device(model))
+
+
+def as_token_pair(model, clean, corrupted) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
+    """Clean and corrupted prompts (strings) or token tensors, checked to line up position by position.
+
+    Strings go through ``mechlab.tokens.clean_corrupted_tokens`` (its error shows both tokenizations); tensors of
+    different shapes raise a ``ValueError`` showing the first prompt of each. Tokens are moved to the model.
+    """
+    if isinstance(clean, (str, list, tuple)) or isinstance(corrupted, (str, list, tuple)):
+        clean, corrupted = clean_corrupted_tokens(model, clean, corrupted)
+    clean, corrupted = _check_tokens(model, clean, "clean"), _check_tokens(model, corrupted, "corrupted")
+    if clean.shape != corrupted.shape:
+        raise ValueError(
+            f"clean tokens have shape {tuple(clean.shape)} but corrupted tokens have {tuple(corrupted.shape)}; they "
+            "must match so that positions line up.\n"
+            f"  clean[0]:     {model.to_str_tokens(clean[0])}\n  corrupted[0]: {model.to_str_tokens(corrupted[0])}\n"
+            "Pick corrupting words that tokenize to as many tokens as the words they replace.")
+    return clean, corrupted
+
+
+def _layers(model, layers) -> list[int]:
+    return list(range(model.cfg.n_layers)) if layers is None else [check_layer(model, int(x)) for x in layers]
+
+
+def patches_for(model, kind: str, layers: Sequence[int], n_pos: int, per_position: bool) -> list[Patch]:
+    """The patches behind a result's rows (and, per position, its columns), in row-major order."""
+    out = []
+    for layer in layers:
+        heads = range(n_heads_for(model, kind)) if kind in HEAD_KINDS else [None]
+        for head in heads:
+            positions = range(n_pos) if per_position else [None]
+            out.extend(Patch(hook_name(kind, layer), head, p) for p in positions)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the batched engine
+
+
+def auto_max_batch(model, n_pos: int, budget_fraction: float = 0.4) -> int:
+    """Sequences per forward pass that fit in ``budget_fraction`` of the free memory (rough, conservative).
+
+    Per sequence it counts about 16 ``d_model``-sized activations per layer, the attention scores and pattern, and
+    the logits, in the model's dtype. The CPU budget is 1 GiB.
+    """
+    cfg = model.cfg
+    param = next(model.parameters())
+    per_seq = n_pos * (16 * cfg.d_model * cfg.n_layers + 2 * cfg.n_heads * n_pos + 2 * cfg.d_vocab)
+    per_seq *= max(param.element_size(), 4)  # logits and the metric go to fp32
+    if param.device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(param.device)
+        budget = budget_fraction * free
+    else:
+        budget = 1 << 30
+    return int(max(1, min(4096, budget // per_seq)))
+
+
+@torch.no_grad()
+def run_patches(
+    model,
+    tokens: Int[Tensor, "batch pos"],
+    patches: Sequence[Patch],
+    sources: dict[str, Tensor],
+    metric: Metric,
+    *,
+    max_batch: int | None = None,
+    progress: bool = True,
+    desc: str = "patching",
+) -> Float[Tensor, "patch batch"]:
+    """``metric`` on ``tokens`` with each patch applied alone: row ``i`` has ``patches[i]``'s per-prompt values.
+
+    ``sources[name]`` is the activation written in (shape [batch, pos, ...] like the hook's); each patch copies its
+    (position, head) slice. Copies of the batch are stacked along the batch axis, ``max_batch`` sequences per pass.
+    """
+    batch = tokens.shape[0]
+    if not patches:
+        raise ValueError("no patches to run; check layers / heads.")
+    missing = sorted({p.name for p in patches} - set(sources))
+    if missing:
+        raise ValueError(f"no source activation for {missing[:3]}; pass sources for every hook patched.")
+    device = _model_device(model)
+    for name in {p.name for p in patches}:
+        src = sources[name]
+        if src.device != device:
+            raise ValueError(f"the source activation for {name} is on {src.device} but the model is on {device}; "
+                             f"keep sources on the model's device (.to({str(device)!r})).")
+        if not src.is_floating_point():
+            raise ValueError(f"the source activation for {name} has dtype {src.dtype}; expected a float tensor of "
+                             "activations (from a cache of a run of the same model).")
+    max_batch = auto_max_batch(model, tokens.shape[1]) if max_batch is None else max_batch
+    if not isinstance(max_batch, int) or max_batch < 1:
+        raise ValueError(f"max_batch={max_batch!r}; expected a positive integer (sequences per forward pass).")
+    per_pass = max(1, max_batch // batch)
+    chunks = [list(patches[i:i + per_pass]) for i in range(0, len(patches), per_pass)]
+    out = []
+    for chunk in tqdm(chunks, desc=f"{desc} ({len(patches)} patches, {per_pass} per pass)", disable=not progress):
+        by_name: dict[str, list[tuple[int, Patch]]] = {}
+        for i, patch in enumerate(chunk):
+            by_name.setdefault(patch.name, []).append((i, patch))
+        hooks = [(name, _patch_hook(items, sources[name], batch)) for name, items in by_name.items()]
+        logits = model.run_with_hooks(tokens.repeat(len(chunk), 1), fwd_hooks=hooks)
+        out.append(_metric_per_copy(metric, logits, batch))
+    return torch.cat(out)
+
+
+def _patch_hook(items: list[tuple[int, Patch]], source: Tensor, batch: int):
+    def hook(act, hook):
+        if source.shape != (batch, *act.shape[1:]):
+            raise ValueError(f"the source activation for {hook.name} has shape {tuple(source.shape)}, but the run's "
+                             f"is {(batch, *act.shape[1:])}; patch between runs of the same shape.")
+        act = act.clone()
+        src = source.to(act.dtype)
+        for i, patch in items:
+            rows = slice(i * batch, (i + 1) * batch)
+            pos = slice(None) if patch.pos is None else patch.pos
+            if patch.head is None:
+                act[rows, pos] = src[:, pos]
+            else:
+                act[rows, pos, patch.head] = src[:, pos, patch.head]
+        return act
+    return hook
+
+
+def _metric_per_copy(metric: Metric, logits: Tensor, batch: int) -> Float[Tensor, "copy batch"]:
+    rows = []
+    for chunk in logits.split(batch):
+        values = metric(chunk)
+        if not isinstance(values, Tensor) or values.shape != (batch,):
+            raise ValueError(f"metric returned {type(values).__name__} of shape {tuple(getattr(values, 'shape', ()))};"
+                             f" expected one number per prompt, shape ({batch},) (e.g. logit_diff_metric(...)).")
+        rows.append(values.float())
+    return torch.stack(rows)
+
+
+@torch.no_grad()
+def cache_acts(model, tokens: Int[Tensor, "batch pos"], names: set[str], metric: Metric | None = None):
+    """One forward pass keeping only ``names`` (detached, on the device) and, if given, the per-prompt metric."""
+    cache: dict[str, Tensor] = {}
+
+    def keeper(name):  # keyed by our name: TL4 may report a hook under its canonical alias
+        def keep(act, hook):
+            cache[name] = act.detach()
+        return keep
+
+    logits = model.run_with_hooks(tokens, fwd_hooks=[(name, keeper(name)) for name in sorted(names)])
+    values = _metric_per_copy(metric, logits, tokens.shape[0])[0] if metric is not None else None
+    return cache, values
+
+
+# ---------------------------------------------------------------------------------------------------------
+# activation patching
+
+
+def activation_patching(
+    model,
+    clean: Int[Tensor, "batch pos"] | Sequence[str],
+    corrupted: Int[Tensor, "batch pos"] | Sequence[str],
+    metric: Metric,
+    *,
+    kind: str,
+    direction: str = "noising",
+    per_position: bool = True,
+    layers: Sequence[int] | None = None,
+    effect: bool = False,
+    normalise: bool = False,
+    max_batch: int | None = None,
+    progress: bool = True,
+) -> Labelled:
+    """Patch every row of ``kind`` (per position, or at all positions at once) and measure ``metric``.
+
+    See the module docstring for kinds, labels, direction and normalisation. Returns
+    ``mechlab.results.Labelled`` with axes (component, pos) or (component,); ``meta`` records the direction,
+    ``metric_clean``, ``metric_corrupted``, ``metric_baseline`` and the normalisation.
+    """
+    check_kind(kind)
+    _check_direction(direction)
+    clean, corrupted = as_token_pair(model, clean, corrupted)
+    layers = _layers(model, layers)
+    names = {hook_name(kind, layer) for layer in layers}
+    clean_cache, m_clean = cache_acts(model, clean, names, metric)
+    corr_cache, m_corr = cache_acts(model, corrupted, names, metric)
+    baseline, sources = (clean, corr_cache) if direction == "noising" else (corrupted, clean_cache)
+    m_base = m_clean if direction == "noising" else m_corr
+    patches = patches_for(model, kind, layers, clean.shape[1], per_position)
+    values = run_patches(model, baseline, patches, sources, metric, max_batch=max_batch, progress=progress,
+                         desc=f"{direction} {kind}").mean(1)
+    values, unit, how = _normalise(values, m_clean.mean(), m_corr.mean(), m_base.mean(), effect, normalise)
+    labels = row_labels(model, kind, layers)
+    if per_position:
+        values = values.view(len(labels), clean.shape[1])
+    meta = {"method": "exact activation patching", "kind": kind, "direction": direction,
+            "patched": "corrupted activations into the clean run" if direction == "noising"
+            else "clean activations into the corrupted run",
+            "metric_clean": float(m_clean.mean()), "metric_corrupted": float(m_corr.mean()),
+            "metric_baseline": float(m_base.mean()), "normalisation": how, "layers": layers}
+    return Labelled(values.cpu(), labels, unit=unit, axes=("component", "pos") if per_position else ("component",),
+                    meta=meta)
+
+
+def _normalise(values, m_clean, m_corr, m_base, effect: bool, normalise: bool):
+    if effect:
+        values = values - m_base
+    if not normalise:
+        how = "mean metric(patched) - mean metric(baseline)" if effect else "mean metric on the patched run"
+        return values, "metric" if not effect else "metric change", how
+    gap = float(m_clean - m_corr)
+    if abs(gap) < 1e-6:
+        raise ValueError(f"normalise=True divides by mean metric(clean) - mean metric(corrupted) = {gap:.3g}; the "
+                         "metric does not tell the runs apart. Choose other prompts, or pass normalise=False.")
+    if effect:
+        return values / gap, "fraction of clean-corrupted gap (change)", "(patched - baseline) / (clean - corrupted)"
+    return (values - m_corr) / gap, "fraction of clean-corrupted gap", "(patched - corrupted) / (clean - corrupted)"
+
+
+__all__ = ["DIRECTIONS", "KINDS", "Metric", "Patch", "activation_patching", "as_token_pair", "auto_max_batch",
+           "cache_acts", "check_kind", "gap_fraction_metric", "logit_diff_metric", "patches_for", "row_labels",
+           "run_patches"]
