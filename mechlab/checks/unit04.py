@@ -1,0 +1,96 @@
+"""Checkers for unit 04 (direct logit attribution): the logit-difference direction and each head's direct share.
+
+Each runs the learner's function and a reference on small random cases (the final norm's scale differs from
+position to position and from prompt to prompt, so a missing scale or a wrong position cannot agree by luck) and
+raises :class:`mechlab.checks.core.CheckFailed` naming the first case that disagrees::
+
+    from mechlab.checks import unit04
+    unit04.check_logit_diff_direction(fn)   # fn(W_U, correct, incorrect) -> [batch, d_model]
+    unit04.check_head_dla(fn)               # fn(z, W_O, direction, ln_weight, scale, pos) -> [batch, head]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from mechlab.checks.core import Case, run_cases
+
+
+def _randn(*shape: int, seed: int) -> Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 1. the direction a logit difference reads
+
+
+def logit_diff_direction(
+    W_U: Float[Tensor, "d_model d_vocab"], correct: Int[Tensor, " batch"], incorrect: Int[Tensor, " batch"]
+) -> Float[Tensor, "batch d_model"]:
+    """Reference: ``W_U[:, correct] - W_U[:, incorrect]`` per prompt, as rows."""
+    return (W_U[:, correct] - W_U[:, incorrect]).T
+
+
+def check_logit_diff_direction(fn: Callable) -> None:
+    """``fn(W_U, correct, incorrect)`` must return, per prompt, the residual-space direction whose dot product
+    with the (normalised) final residual is ``logit[correct] - logit[incorrect]``: shape [batch, d_model]."""
+    cases = [
+        Case("d_model 8, vocab 20, 3 prompts",
+             (_randn(8, 20, seed=1), torch.tensor([1, 5, 7]), torch.tensor([2, 3, 19]))),
+        Case("one prompt", (_randn(16, 50, seed=2), torch.tensor([42]), torch.tensor([0]))),
+        Case("same wrong token for every prompt", (_randn(4, 10, seed=3), torch.tensor([1, 2]), torch.tensor([9, 9]))),
+    ]
+    run_cases(fn, logit_diff_direction, cases, name="check_logit_diff_direction")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 2. each head's direct contribution
+
+
+def head_dla(
+    z: Float[Tensor, "batch pos head d_head"],
+    W_O: Float[Tensor, "head d_head d_model"],
+    direction: Float[Tensor, "batch d_model"],
+    ln_weight: Float[Tensor, " d_model"],
+    scale: Float[Tensor, "batch pos 1"],
+    pos: int,
+) -> Float[Tensor, "batch head"]:
+    """Reference: each head's output at ``pos``, centred (LayerNorm), divided by the frozen scale at ``pos``,
+    times the norm weight, dotted with the direction."""
+    out = torch.einsum("bhd,hdm->bhm", z[:, pos], W_O)
+    out = out - out.mean(-1, keepdim=True)
+    out = out / scale[:, pos, None]  # [batch, 1, 1]: one scale per prompt at this position
+    return torch.einsum("bhm,bm->bh", out * ln_weight, direction)
+
+
+def _head_cases() -> list[Case]:
+    cases = []
+    for name, (b, p, h, dh, dm, pos, seed) in {
+        "batch 3, 5 positions, 4 heads, read at the last position": (3, 5, 4, 8, 16, -1, 1),
+        "read in the middle (position 2)": (2, 6, 3, 4, 12, 2, 2),
+        "read at position 0": (2, 4, 2, 4, 8, 0, 3),
+    }.items():
+        z, w_o = _randn(b, p, h, dh, seed=seed), _randn(h, dh, dm, seed=seed + 10) / dh ** 0.5
+        direction, weight = _randn(b, dm, seed=seed + 20), 1 + 0.5 * _randn(dm, seed=seed + 30)
+        scale = 0.5 + torch.rand(b, p, 1, generator=torch.Generator().manual_seed(seed + 40)) * 3
+        cases.append(Case(name, (z, w_o, direction, weight, scale, pos)))
+    # a head output with a large mean: without the LayerNorm's centring the answer moves a lot
+    z, w_o = _randn(2, 3, 2, 4, seed=7), _randn(2, 4, 8, seed=8) + 2.0
+    cases.append(Case("head outputs with a large mean (centring matters)",
+                       (z, w_o, _randn(2, 8, seed=9), torch.ones(8), 1 + torch.rand(2, 3, 1), 1)))
+    return cases
+
+
+def check_head_dla(fn: Callable) -> None:
+    """``fn(z, W_O, direction, ln_weight, scale, pos)`` must return each head's direct contribution to the logit
+    difference at position ``pos``: [batch, head]. ``z`` is one layer's ``hook_z`` [batch, pos, head, d_head],
+    ``W_O`` that layer's [head, d_head, d_model], ``direction`` from exercise 1, ``ln_weight`` the final
+    LayerNorm's weight and ``scale`` its ``hook_scale`` [batch, pos, 1] (frozen: read from the cache)."""
+    run_cases(fn, head_dla, _head_cases(), name="check_head_dla")
+
+
+__all__ = ["check_head_dla", "check_logit_diff_direction", "head_dla", "logit_diff_direction"]
