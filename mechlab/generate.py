@@ -20,6 +20,7 @@ Example::
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -74,6 +75,11 @@ def _decode_continuation(tokenizer, last_prompt_id: int, new_ids: list[int]) -> 
     return text[len(prefix):] if text.startswith(prefix) else tokenizer.decode(new_ids, skip_special_tokens=False)
 
 
+def _accepts(model, argument: str) -> bool:
+    """Whether the wrapped HF model's forward takes ``argument``."""
+    return argument in inspect.signature(model.original_model.forward).parameters
+
+
 def _check_args(model, prompts, max_new_tokens: int, stop, batch_size: int) -> tuple[list[str], list[str]]:
     if isinstance(prompts, str):
         prompts = [prompts]
@@ -110,8 +116,10 @@ def _generate_chunk(model, ids: list[list[int]], *, max_new_tokens: int, stop: l
     tokens, mask = tokens.to(device), mask.to(device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # each row counts from its own first real token
 
+    # only the last position's logits: [batch, pos, d_vocab] at 1000 tokens x 256k vocab would be GiBs
+    last_only = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
     logits, cache = model(tokens, attention_mask=mask, position_ids=positions, use_cache=True,
-                          return_type="logits_and_cache")
+                          return_type="logits_and_cache", **last_only)
     next_pos = positions[:, -1:] + 1
     active = list(range(n))  # original row of each row still in the batch
     new_ids: list[list[int]] = [[] for _ in range(n)]

@@ -111,16 +111,20 @@ def test_multi_token_stop_string_ends_the_row_and_cuts_the_text(sharp_model):
     assert dropped.texts[0] == full[:cut]
 
 
-def test_the_cache_is_used_one_new_token_per_step(gpt2_like):
-    widths = []
+def test_the_cache_is_used_one_new_token_per_step(tiny_model):
+    widths, logit_widths = [], []
 
     def record(act, hook):
         widths.append(act.shape[1])
 
-    with gpt2_like.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", record)]):
-        generate(gpt2_like, PROMPTS[:2], max_new_tokens=5, stop_at_eos=False)
-    longest = max(gpt2_like.to_tokens(p).shape[1] for p in PROMPTS[:2])
+    def record_logits(act, hook):
+        logit_widths.append(act.shape[1])
+
+    with tiny_model.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", record), ("unembed.hook_out", record_logits)]):
+        generate(tiny_model, PROMPTS[:2], max_new_tokens=5, stop_at_eos=False)
+    longest = max(tiny_model.to_tokens(p).shape[1] for p in PROMPTS[:2])
     assert widths == [longest] + [1] * 4
+    assert logit_widths == [1] * 5  # the prompt's pass unembeds only its last position
 
 
 def test_hooks_in_scope_act_on_every_step(gpt2_like):
