@@ -14,10 +14,11 @@ Example::
     from mechlab.loading import load_model
     from mechlab.data.prontoqa import make_problems
     from mechlab.cot import make_items, run_cot, summary_by_hops
-    model = load_model("tiny-gpt2", verbose=False)
-    pool = make_problems(20, hops=(1, 2), seed=1, style="compact")
-    items = make_items(make_problems(6, hops=(1, 2), seed=2, style="compact"), pool, n_shots=2, style="compact")
-    rows = run_cot(model, items, "results/cot.jsonl", max_new_tokens=48)
+    model = load_model("offline", verbose=False)   # the organism; Gemma-2b with 7 "seed"-style shots on a GPU
+    pool = make_problems(20, hops=(1, 2), seed=1, style="compact", n_distractors=1)
+    problems = make_problems(6, hops=(1, 2), seed=2, style="compact", n_distractors=1)
+    items = make_items(problems, pool, n_shots=0, style="compact")
+    rows = run_cot(model, items, "results/cot.jsonl", max_new_tokens=48)   # rerun: skips what is done
     summary_by_hops(rows)          # answer / CoT accuracy per number of hops
 """
 
@@ -39,7 +40,7 @@ from mechlab.results import Labelled
 COLUMNS = ("id", "prompt", "gold_cot", "output", "pred_cot", "label", "pred", "correct_pred", "correct_cot",
            "hops", "finish")
 DEFAULT_STOP = ("Answer: True", "Answer: False", "\n\n")  # the answer ends a proof; a blank line ends an example
-SUMMARY_METRICS = ("answer_acc", "cot_acc", "both_acc", "n")
+SUMMARY_METRICS = ("answer_acc", "cot_acc", "both_acc")
 
 
 @dataclass(frozen=True)
@@ -208,9 +209,10 @@ def run_cot(
 
 
 def summary_by_hops(rows: Sequence[dict]) -> Labelled:
-    """Accuracy per number of hops, and over all rows: answer, CoT, both, and the count.
+    """Accuracy per number of hops, and over all rows: of the answer, of the CoT, of both.
 
-    Labels ``"1 hop"``, ``"2 hops"``, ..., ``"all"``; columns ``SUMMARY_METRICS`` (in ``meta["metric"]``).
+    Labels ``"1 hop"``, ``"2 hops"``, ..., ``"all"``; columns ``SUMMARY_METRICS`` (in ``meta["metric"]``); the
+    number of rows behind each label is in ``meta["n"]``.
     """
     if not rows:
         raise ValueError("summary_by_hops got no rows; run run_cot first or load them with load_results(path).")
@@ -224,9 +226,9 @@ def summary_by_hops(rows: Sequence[dict]) -> Labelled:
         answer = sum(bool(r["correct_pred"]) for r in group) / n
         cot = sum(bool(r["correct_cot"]) for r in group) / n
         both = sum(bool(r["correct_pred"] and r["correct_cot"]) for r in group) / n
-        values.append([answer, cot, both, float(n)])
-    return Labelled(torch.tensor(values), list(groups), unit="fraction correct (last column: count)",
-                    axes=("hops", "metric"), meta={"metric": SUMMARY_METRICS})
+        values.append([answer, cot, both])
+    return Labelled(torch.tensor(values), list(groups), unit="fraction correct", axes=("hops", "metric"),
+                    meta={"metric": SUMMARY_METRICS, "n": {label: len(group) for label, group in groups.items()}})
 
 
 def solved(rows: Sequence[dict]) -> list[dict]:

@@ -151,9 +151,9 @@ def test_summary_by_hops_counts_by_hand():
             row(3, False, True)]
     s = summary_by_hops(rows)
     assert s.labels == ["1 hop", "2 hops", "3 hops", "all"]
-    assert s.meta["metric"] == ("answer_acc", "cot_acc", "both_acc", "n")
-    expected = torch.tensor([[2 / 2, 1 / 2, 1 / 2, 2], [2 / 3, 2 / 3, 2 / 3, 3], [0, 1, 0, 1],
-                             [4 / 6, 4 / 6, 3 / 6, 6]])
+    assert s.meta["metric"] == ("answer_acc", "cot_acc", "both_acc")
+    assert s.meta["n"] == {"1 hop": 2, "2 hops": 3, "3 hops": 1, "all": 6}
+    expected = torch.tensor([[2 / 2, 1 / 2, 1 / 2], [2 / 3, 2 / 3, 2 / 3], [0, 1, 0], [4 / 6, 4 / 6, 3 / 6]])
     torch.testing.assert_close(s.values, expected)
     with pytest.raises(ValueError, match="no rows"):
         summary_by_hops([])
