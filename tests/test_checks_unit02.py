@@ -119,7 +119,7 @@ def test_induction_rejects(wrong):
 
 def repeated_solution(model, seq_len, batch, seed):
     gen = torch.Generator().manual_seed(seed)
-    half = torch.randint(1, 200, (batch, seq_len), generator=gen)  # id 0 is BOS in the tiny tokenizer
+    half = torch.stack([torch.randperm(199, generator=gen)[:seq_len] + 1 for _ in range(batch)])  # 0 is BOS here
     bos = torch.full((batch, 1), model.tokenizer.bos_token_id)
     return torch.cat([bos, half, half], dim=1)
 
@@ -128,8 +128,14 @@ def repeated_without_bos(model, seq_len, batch, seed):
     return repeated_solution(model, seq_len, batch, seed)[:, 1:]
 
 
+def repeated_with_replacement(model, seq_len, batch, seed):  # accidental repeats inside the first half
+    gen = torch.Generator().manual_seed(seed)
+    half = torch.randint(1, 6, (batch, seq_len), generator=gen)
+    return torch.cat([torch.full((batch, 1), model.tokenizer.bos_token_id), half, half], dim=1)
+
+
 def repeated_unseeded(model, seq_len, batch, seed):
-    half = torch.randint(1, 200, (batch, seq_len))
+    half = torch.stack([torch.randperm(199)[:seq_len] + 1 for _ in range(batch)])
     return torch.cat([torch.full((batch, 1), model.tokenizer.bos_token_id), half, half], dim=1)
 
 
@@ -139,7 +145,7 @@ def repeated_same_row(model, seq_len, batch, seed):
 
 def repeated_two_draws(model, seq_len, batch, seed):  # draws the second half anew: nothing repeats
     gen = torch.Generator().manual_seed(seed)
-    a, b = (torch.randint(1, 200, (batch, seq_len), generator=gen) for _ in range(2))
+    a, b = (torch.stack([torch.randperm(199, generator=gen)[:seq_len] + 1 for _ in range(batch)]) for _ in range(2))
     return torch.cat([torch.full((batch, 1), model.tokenizer.bos_token_id), a, b], dim=1)
 
 
@@ -155,7 +161,7 @@ def test_repeated_tokens_accepts_solution(gpt2_like, capsys):
 
 
 @pytest.mark.parametrize("wrong", [stub, repeated_without_bos, repeated_unseeded, repeated_same_row,
-                                   repeated_two_draws, repeated_with_bos_inside])
+                                   repeated_two_draws, repeated_with_bos_inside, repeated_with_replacement])
 def test_repeated_tokens_rejects(wrong, gpt2_like):
     with pytest.raises(CheckFailed):
         unit02.check_repeated_tokens(wrong, gpt2_like)

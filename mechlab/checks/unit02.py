@@ -74,7 +74,8 @@ def check_induction_scores(fn: Callable) -> None:
 
 def check_repeated_tokens(fn: Callable, model) -> None:
     """``fn(model, seq_len, batch, seed)`` must return ``[batch, 1 + 2 * seq_len]`` token ids: BOS, then
-    ``seq_len`` random non-special tokens, then the same ``seq_len`` again; rows differ, the seed reproduces."""
+    ``seq_len`` distinct random non-special tokens, then the same ``seq_len`` again; rows differ, the seed
+    reproduces."""
     bos = model.tokenizer.bos_token_id
     special = heads.special_token_ids(model)
     vocab = min(len(model.tokenizer), model.cfg.d_vocab)
@@ -103,8 +104,9 @@ def check_repeated_tokens(fn: Callable, model) -> None:
             problems.append(f"ids outside the vocabulary 0..{vocab - 1}")
         elif any(int(t) in special for t in toks[:, 1:].flatten()):
             problems.append("the random part contains special tokens (BOS/EOS/padding); leave them out")
-        elif len(set(toks[:, 1:1 + seq_len].flatten().tolist())) < max(2, seq_len // 2):
-            problems.append("the random part is hardly random (almost every token is the same)")
+        elif any(len(set(row.tolist())) < seq_len for row in toks[:, 1:1 + seq_len]):
+            problems.append("a token repeats within the random half; draw seq_len *distinct* tokens per row "
+                            "(torch.randperm), so that the only repeats are the deliberate second half")
         elif batch > 1 and torch.equal(toks[0], toks[1]):
             problems.append("every row is the same; draw each row separately")
         elif not torch.equal(toks, fn(model, seq_len, batch, seed).cpu()):

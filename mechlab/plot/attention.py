@@ -208,19 +208,18 @@ def attention_heatmaps(
     names = list(head_names) if head_names is not None else [f"H{h}" for h in range(n_heads)]
     cols = max(1, min(cols, n_heads))
     rows = -(-n_heads // cols)
-    ticks = [f"{i}: {t!r}"[:24] for i, t in enumerate(tokens)]  # positions keep repeated tokens apart
-    hover = np.array([[f"query {ticks[q]}<br>key {ticks[k]}" for k in range(n)] for q in range(n)])
+    # unique "position: token" categories keep repeated tokens apart and put both tokens in the hover
+    labels = [f"{i}: {t!r}"[:24] for i, t in enumerate(tokens)]
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=names, horizontal_spacing=0.04, vertical_spacing=0.08)
     for h in range(n_heads):
-        fig.add_trace(go.Heatmap(z=arr[h], x=list(range(n)), y=list(range(n)), text=hover, zmin=0, zmax=1,
-                                 colorscale="Blues", coloraxis="coloraxis",
-                                 hovertemplate=f"{names[h]}<br>%{{text}}<br>attention %{{z:.2f}}<extra></extra>"),
+        fig.add_trace(go.Heatmap(z=np.round(arr[h].astype(np.float64), 3), x=labels, y=labels, zmin=0, zmax=1,
+                                 coloraxis="coloraxis",
+                                 hovertemplate=f"{names[h]}<br>query %{{y}}<br>key %{{x}}<br>attention %{{z:.2f}}"
+                                               "<extra></extra>"),
                       row=h // cols + 1, col=h % cols + 1)
     show_ticks = n <= 40
-    fig.update_xaxes(tickvals=list(range(n)), ticktext=[str(t) for t in tokens], tickangle=-90,
-                     showticklabels=show_ticks, tickfont_size=8)
-    fig.update_yaxes(tickvals=list(range(n)), ticktext=[str(t) for t in tokens], autorange="reversed",
-                     showticklabels=show_ticks, tickfont_size=8)
+    fig.update_xaxes(tickangle=-90, showticklabels=show_ticks, tickfont_size=8)
+    fig.update_yaxes(autorange="reversed", showticklabels=show_ticks, tickfont_size=8)
     fig.update_layout(title=title or "attention patterns (row: query, column: key)",
                       coloraxis=dict(colorscale="Blues", cmin=0, cmax=1, colorbar=dict(title="attention")),
                       height=max(320, 260 * rows), width=min(1100, 280 * cols + 120))
