@@ -1,0 +1,519 @@
+"""Self-repair: resample-ablate a head and split what happens to the correct token's logit into exact parts.
+
+Definitions (Rushing & Nanda 2024, "Explorations of Self-Repair in Language Models"). At every (prompt, position)
+with a target token ``t`` (by default the actual next token):
+
+    direct effect of c   c's write to the residual stream read along ``W_U[:, t]`` through the final norm, its
+                         scale frozen at the **clean** run's ``ln_final.hook_scale`` (``mechlab.dla.direct_effects``)
+    Δlogit               logit_t(ablated run) - logit_t(clean run)
+    direct               DE of the ablated head(s) in the ablated run - their DE in the clean run
+    self-repair          Δlogit - direct: how much of the head's lost direct effect the rest of the model made up
+
+Self-repair splits exactly (up to float rounding) into
+
+    heads   the change in every other head's direct effect (clean scale): only later heads can change
+    mlps    the change in every MLP's direct effect (clean scale)
+    fixed   the change of embeddings and biases (zero for a head ablation: they do not depend on any head)
+    norm    the final-norm remainder ``A_abl * (1 / s_abl - 1 / s_clean)``, with ``A_abl`` the ablated run's
+            final residual read along the target (centred, times the norm weight). When a head's output goes
+            missing the residual stream shrinks, its scale ``s`` drops and every surviving writer is read louder.
+
+Because every direct effect uses the same clean scale, ``Δlogit = direct + heads + mlps + fixed + norm`` holds by
+algebra: ``logit = A / s + const``, so ``Δlogit = (A_abl - A_clean) / s_clean + A_abl (1 / s_abl - 1 / s_clean)``
+and the first term is the sum of the per-component changes. A ``wrong`` token turns every logit into a logit
+difference ``logit_t - logit_wrong`` (IOI); the decomposition is unchanged.
+
+Resample ablation replaces a head's ``z`` at every position with its value on other prompts (``corrupted``,
+prompt by prompt). Many ablations run in one forward pass: each on its own copy of the batch stacked along the
+batch axis, chunked to fit memory, with a tqdm bar; the result equals one forward pass per ablation (tested).
+
+Example::
+
+    from mechlab.loading import load_model
+    from mechlab.self_repair import text_tokens, self_repair_sweep, backup_slopes
+    model = load_model("tiny-gpt2", verbose=False)
+    clean, corrupted = text_tokens(model, n_prompts=4, n_pos=20, source="organism")
+    result = self_repair_sweep(model, clean, corrupted)          # every head, one at a time
+    result.self_repair["L1H0"].shape                             # [batch, pos - 1]
+    backup_slopes(result, top_percent=10).top(3)
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from mechlab.dla import cache_names, component_labels, direct_effects, final_norm_params, unembed_directions
+from mechlab.hooks import FINAL_NORM_SCALE, hook_name
+from mechlab.patching import Patch, _check_tokens, _patch_hook, auto_max_batch
+from mechlab.results import Labelled, head_labels, parse_head
+
+OWT_NAME = "stas/openwebtext-10k"  # the 10k-document OpenWebText sample the seed used
+SOURCES = ("auto", "openwebtext", "organism")
+PARTS = ("delta_logit", "direct", "heads", "mlps", "fixed", "norm")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# data
+
+
+def text_tokens(
+    model, n_prompts: int = 50, n_pos: int = 100, *, source: str = "auto", seed: int = 0
+) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
+    """Clean and resample prompts of ``n_pos`` tokens each (BOS first): two disjoint sets of ``n_prompts`` texts.
+
+    ``source``: ``openwebtext`` (the seed's 10k-document OpenWebText sample through ``datasets``; needs the hub),
+    ``organism`` (the organism's training mix: IOI, PrOntoQA, repeated tokens and filler text, seeded), or
+    ``auto`` (OpenWebText when the hub is reachable, else the organism's text). Offline, ``openwebtext`` fails at
+    once with a ``ValueError`` that says what to use instead.
+    """
+    from mechlab.loading import hub_reachable
+
+    if source not in SOURCES:
+        raise ValueError(f"source={source!r}; expected one of {SOURCES}.")
+    if n_prompts < 1 or n_pos < 2:
+        raise ValueError(f"n_prompts={n_prompts}, n_pos={n_pos}: expected at least 1 prompt of at least 2 tokens.")
+    if source == "auto":
+        source = "openwebtext" if hub_reachable() else "organism"
+    if source == "openwebtext":
+        if not hub_reachable():
+            raise ValueError(
+                f"source='openwebtext' needs the Hugging Face hub ({OWT_NAME} through `datasets`), and the hub is not "
+                "reachable here (or HF_HUB_OFFLINE is set). Use source='organism' (the organism's own text, offline) "
+                "or source='auto', which picks it for you.")
+        tokens = _openwebtext_tokens(model, 2 * n_prompts, n_pos)
+    else:
+        from mechlab.data.corpus import Mix, pack_batch
+
+        body = pack_batch(model.tokenizer, Mix(), batch=2 * n_prompts, seq_len=n_pos - 1, rng=random.Random(seed))
+        bos = torch.full((2 * n_prompts, 1), int(model.tokenizer.bos_token_id), dtype=torch.long)
+        tokens = torch.cat([bos, body], dim=1)
+    tokens = tokens.to(next(model.parameters()).device)
+    return tokens[:n_prompts], tokens[n_prompts:]
+
+
+def _openwebtext_tokens(model, n: int, n_pos: int) -> Int[Tensor, "n pos"]:
+    from datasets import load_dataset
+
+    rows = []
+    for doc in load_dataset(OWT_NAME, split="train"):
+        toks = model.to_tokens(doc["text"], truncate=True)[0]
+        if toks.shape[0] >= n_pos:
+            rows.append(toks[:n_pos].cpu())
+        if len(rows) == n:
+            return torch.stack(rows)
+    raise ValueError(f"{OWT_NAME} has only {len(rows)} documents of at least {n_pos} tokens; ask for fewer.")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the result
+
+
+@dataclass
+class SelfRepair:
+    """A sweep's parts, each ``Labelled`` over the ablated groups with axes (ablated, batch, pos).
+
+    ``Δlogit = direct + heads + mlps + fixed + norm`` at every entry (see the module docstring).
+    ``clean`` holds every component's clean direct effect (component, batch, pos); ``components`` (only with
+    ``keep_components=True``) each component's change of direct effect (ablated, component, batch, pos).
+    """
+
+    delta_logit: Labelled
+    direct: Labelled
+    heads: Labelled
+    mlps: Labelled
+    fixed: Labelled
+    norm: Labelled
+    clean: Labelled
+    groups: list[list[str]]  # the heads ablated together in each row
+    components: Tensor | None = None
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def labels(self) -> list[str]:
+        return self.delta_logit.labels
+
+    @property
+    def self_repair(self) -> Labelled:
+        """Δlogit - (ablated DE - clean DE) of the ablated heads."""
+        return _like(self.delta_logit, self.delta_logit.values - self.direct.values, "self-repair (logit)")
+
+    def compensation(self, which: str = "heads") -> Labelled:
+        """Downstream compensation: ``heads`` (the seed's "accumulated backup"), ``heads+mlps``, or ``all``
+        (= self-repair, the norm remainder included)."""
+        parts = {"heads": ("heads",), "heads+mlps": ("heads", "mlps"), "all": ("heads", "mlps", "fixed", "norm")}
+        if which not in parts:
+            raise ValueError(f"which={which!r}; expected one of {sorted(parts)}.")
+        values = sum(getattr(self, p).values for p in parts[which])
+        return _like(self.delta_logit, values, f"compensation ({which})")
+
+    def clean_direct_effect(self) -> Labelled:
+        """Each group's clean direct effect (its heads' sum), axes (ablated, batch, pos): the x of a backup plot."""
+        rows = torch.stack([self.clean[g].sum(0) for g in self.groups])
+        return _like(self.delta_logit, rows, "clean direct effect (logit)")
+
+    def component_changes(self, label: str) -> Labelled:
+        """For one ablated group: every component's change of direct effect, mean over (batch, pos)."""
+        if self.components is None:
+            raise ValueError("this sweep did not keep per-component changes; rerun with keep_components=True "
+                             "(for a few ablated heads: it stores ablated x component x batch x pos numbers).")
+        values = self.components[self.delta_logit.index(label)].mean((1, 2))
+        return Labelled(values, self.clean.labels, unit="change of direct effect (logit)",
+                        meta={"ablated": label})
+
+
+    def at(self, pos: Int[Tensor, " batch"]) -> SelfRepair:
+        """The same sweep read at one position per prompt (e.g. ``IOIBatch.end``): the pos axis becomes length 1.
+
+        ``pos`` indexes the swept positions (with ``positions=slice(None)`` they are the token positions)."""
+        pos = torch.as_tensor(pos).long().cpu()
+        n_batch, n_pos = self.delta_logit.values.shape[1:]
+        if pos.shape != (n_batch,) or bool(((pos < 0) | (pos >= n_pos)).any()):
+            raise ValueError(f"pos must hold one position in 0..{n_pos - 1} per prompt ({n_batch}); got "
+                             f"{pos.tolist()}.")
+
+        def pick(t: Tensor) -> Tensor:  # [..., batch, pos] -> [..., batch, 1]
+            return t.gather(-1, pos.view(-1, 1).expand(*t.shape[:-1], 1))
+
+        parts = {p: _like(getattr(self, p), pick(getattr(self, p).values), getattr(self, p).unit) for p in PARTS}
+        clean = Labelled(pick(self.clean.values), self.clean.labels, unit=self.clean.unit, axes=self.clean.axes,
+                         meta=dict(self.clean.meta))
+        return SelfRepair(**parts, clean=clean, groups=self.groups,
+                          components=None if self.components is None else pick(self.components),
+                          meta={**self.meta, "read_at": pos.tolist()})
+
+
+def _like(template: Labelled, values: Tensor, unit: str) -> Labelled:
+    return Labelled(values, template.labels, unit=unit, axes=template.axes, meta=dict(template.meta))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the sweep
+
+
+def _groups(model, heads) -> list[list[tuple[int, int]]]:
+    if heads is None:
+        return [[(layer, h)] for layer in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
+    if isinstance(heads, (str, tuple)):
+        heads = [heads]
+    out = []
+    for item in heads:
+        members = [item] if isinstance(item, (str, tuple)) else list(item)
+        if not members:
+            raise ValueError("an empty group of heads was given; each group names at least one head.")
+        out.append([parse_head(m, model.cfg.n_layers, model.cfg.n_heads) for m in members])
+    return out
+
+
+def _readout(model, tokens: Tensor, targets, wrong, positions: slice):
+    """Readout directions [batch, pos_sel, d_model] and the ids behind them."""
+    n_pos = tokens.shape[1]
+    kept = len(range(n_pos)[positions])
+    targets = tokens[:, 1:] if targets is None else torch.as_tensor(targets, device=tokens.device)
+    if targets.shape != (tokens.shape[0], kept):
+        raise ValueError(f"targets have shape {tuple(targets.shape)}; expected {(tokens.shape[0], kept)}: one token "
+                         f"id per prompt and per position selected by positions={positions} (default: the next "
+                         "token, tokens[:, 1:] with positions=slice(0, -1)).")
+    readout = unembed_directions(model, targets)
+    if wrong is not None:
+        wrong = torch.as_tensor(wrong, device=tokens.device)
+        if wrong.shape != targets.shape:
+            raise ValueError(f"wrong has shape {tuple(wrong.shape)}; expected the targets' {tuple(targets.shape)}.")
+        readout = readout - unembed_directions(model, wrong)
+    else:
+        wrong = None
+    return readout, targets.long(), wrong
+
+
+def _read_logits(logits: Tensor, targets: Tensor, wrong: Tensor | None, positions: slice) -> Tensor:
+    sel = logits[:, positions].float()
+    out = sel.gather(-1, targets[..., None])[..., 0]
+    if wrong is not None:
+        out = out - sel.gather(-1, wrong[..., None])[..., 0]
+    return out
+
+
+@torch.no_grad()
+def _run_capturing(model, tokens: Tensor, names: set[str], hooks: list) -> tuple[Tensor, dict[str, Tensor]]:
+    """Logits and the activations ``names`` of one run, ``hooks`` applied first (so captures see the patch)."""
+    cache: dict[str, Tensor] = {}
+
+    def keeper(name):  # keyed by our name: TL4 may report a hook under its canonical alias
+        def keep(act, hook):
+            cache[name] = act.detach()
+        return keep
+
+    logits = model.run_with_hooks(tokens, fwd_hooks=list(hooks) + [(n, keeper(n)) for n in sorted(names)])
+    return logits, cache
+
+
+@torch.no_grad()
+def self_repair_sweep(
+    model,
+    tokens: Int[Tensor, "batch pos"],
+    corrupted: Int[Tensor, "batch pos"],
+    *,
+    heads: Sequence | None = None,
+    targets: Int[Tensor, "batch pos_sel"] | None = None,
+    wrong: Int[Tensor, "batch pos_sel"] | None = None,
+    positions: slice = slice(0, -1),
+    keep_components: bool = False,
+    max_batch: int | None = None,
+    progress: bool = True,
+) -> SelfRepair:
+    """Resample-ablate each group of ``heads`` (every head alone by default) and split the change of the target
+    logit into direct / heads / mlps / fixed / norm (see the module docstring).
+
+    Args:
+        tokens, corrupted: clean prompts and the prompts whose ``z`` replaces the ablated heads' (same shape).
+        heads: labels ``'L9H9'`` / ``'9.9'`` / ``(9, 9)`` each ablated alone, or lists of them ablated together.
+        targets: token ids [batch, pos_sel] whose logit is read at ``positions``; default the next token
+            (``tokens[:, 1:]`` with ``positions=slice(0, -1)``).
+        wrong: optional ids of the same shape: read ``logit_target - logit_wrong`` instead (e.g. IO - S in IOI).
+        keep_components: also keep every component's change (ablated x component x batch x pos numbers).
+        max_batch: sequences per forward pass (default from free memory); copies of the batch per pass follow.
+
+    Returns:
+        :class:`SelfRepair`, values on the CPU in fp32.
+    """
+    tokens = _check_tokens(model, tokens, "tokens")
+    corrupted = _check_tokens(model, corrupted, "corrupted")
+    if corrupted.shape != tokens.shape:
+        raise ValueError(f"corrupted tokens have shape {tuple(corrupted.shape)} but tokens have {tuple(tokens.shape)};"
+                         " resample ablation takes each prompt's replacement from the prompt in the same row.")
+    if not isinstance(positions, slice):
+        raise ValueError(f"positions={positions!r}: expected a slice, e.g. slice(0, -1) (every position but the last).")
+    groups = _groups(model, heads)
+    batch = tokens.shape[0]
+    readout, targets, wrong = _readout(model, tokens, targets, wrong, positions)
+    names = cache_names(model)
+    z_names = {hook_name("z", layer) for g in groups for layer, _ in g}
+
+    clean_logits, clean_cache = _run_capturing(model, tokens, names, [])
+    clean_scale = clean_cache[FINAL_NORM_SCALE]
+    clean_de = direct_effects(model, clean_cache, readout, positions=positions)
+    clean_read = _read_logits(clean_logits, targets, wrong, positions).cpu()
+    _, corr_cache = _run_capturing(model, corrupted, z_names, [])
+    del clean_cache
+
+    labels = component_labels(model)
+    head_rows = [i for i, lab in enumerate(labels) if lab[0] == "L" and "H" in lab]
+    mlp_rows = [i for i, lab in enumerate(labels) if lab.endswith(" mlp")]
+    fixed_rows = [i for i in range(len(labels)) if i not in head_rows and i not in mlp_rows]
+    group_rows = [[labels.index(f"L{layer}H{h}") for layer, h in g] for g in groups]
+    _, _, norm_bias = final_norm_params(model)
+    const = (readout.float() @ norm_bias).cpu()  # the final norm's bias along the readout (in the bias row)
+
+    max_batch = auto_max_batch(model, tokens.shape[1], budget_fraction=0.2) if max_batch is None else max_batch
+    if not isinstance(max_batch, int) or max_batch < 1:
+        raise ValueError(f"max_batch={max_batch!r}; expected a positive integer (sequences per forward pass).")
+    per_pass = max(1, max_batch // batch)
+    parts: dict[str, list[Tensor]] = {p: [] for p in PARTS}
+    kept: list[Tensor] = []
+    chunks = [list(range(i, min(i + per_pass, len(groups)))) for i in range(0, len(groups), per_pass)]
+    start = time.perf_counter()
+    for chunk in tqdm(chunks, desc=f"resample-ablating ({len(groups)} ablations, {per_pass} per pass)",
+                      disable=not progress):
+        k = len(chunk)
+        by_name: dict[str, list[tuple[int, Patch]]] = {}
+        for i, g in enumerate(chunk):
+            for layer, h in groups[g]:
+                by_name.setdefault(hook_name("z", layer), []).append((i, Patch(hook_name("z", layer), h)))
+        hooks = [(name, _patch_hook(items, corr_cache[name], batch)) for name, items in by_name.items()]
+        logits, cache = _run_capturing(model, tokens.repeat(k, 1), names, hooks)
+        de = direct_effects(model, cache, readout.repeat(k, 1, 1), positions=positions,
+                            scale=clean_scale.repeat(k, 1, 1)).values  # [component, k * batch, pos_sel]
+        de = de.view(de.shape[0], k, batch, -1).transpose(0, 1)  # [k, component, batch, pos_sel]
+        change = de - clean_de.values[None]
+        direct = torch.stack([change[i, group_rows[g]].sum(0) for i, g in enumerate(chunk)])
+        parts["direct"].append(direct)
+        parts["heads"].append(change[:, head_rows].sum(1) - direct)
+        parts["mlps"].append(change[:, mlp_rows].sum(1))
+        parts["fixed"].append(change[:, fixed_rows].sum(1))
+        s_abl = cache[FINAL_NORM_SCALE][:, positions, 0].float().cpu().view(k, batch, -1)
+        s_clean = clean_scale[:, positions, 0].float().cpu()
+        parts["norm"].append((de.sum(1) - const) * (s_clean / s_abl - 1))
+        read = _read_logits(logits, targets.repeat(k, 1), None if wrong is None else wrong.repeat(k, 1), positions)
+        parts["delta_logit"].append(read.cpu().view(k, batch, -1) - clean_read)
+        if keep_components:
+            kept.append(change)
+        del cache, logits
+    seconds = time.perf_counter() - start
+
+    group_labels = ["+".join(f"L{layer}H{h}" for layer, h in g) for g in groups]
+    meta = {"method": "resample ablation of z at every position, one copy of the batch per ablation",
+            "final_scale": "every direct effect uses the clean run's ln_final.hook_scale",
+            "readout": "logit[target] - logit[wrong]" if wrong is not None else "logit[target]",
+            "positions": str(positions), "seconds": seconds, "per_pass": per_pass}
+    units = {"delta_logit": "Δ logit", "direct": "Δ direct effect of the ablated heads (logit)",
+             "heads": "Δ direct effect of the other heads (logit)", "mlps": "Δ direct effect of the MLPs (logit)",
+             "fixed": "Δ embeddings and biases (logit)", "norm": "final-norm remainder (logit)"}
+    out = {p: Labelled(torch.cat(parts[p]), group_labels, unit=units[p], axes=("ablated", "batch", "pos"), meta=meta)
+           for p in PARTS}
+    return SelfRepair(**out, clean=clean_de, groups=[[f"L{layer}H{h}" for layer, h in g] for g in groups],
+                      components=torch.cat(kept) if keep_components else None, meta=meta)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# backup slopes
+
+
+def select_points(
+    x: Float[Tensor, " n"], *, threshold: float | None = None, top_percent: float | None = None
+) -> Tensor:
+    """Boolean mask of the points kept for a fit: ``x >= threshold`` and/or the ``top_percent`` % largest x.
+
+    Both filters act on the signed direct effect: a backup head compensates where the ablated head *helped*.
+    """
+    x = torch.as_tensor(x).flatten()
+    keep = torch.ones_like(x, dtype=torch.bool)
+    if threshold is not None:
+        keep &= x >= threshold
+    if top_percent is not None:
+        if not 0 < top_percent <= 100:
+            raise ValueError(f"top_percent={top_percent}; expected a percentage in (0, 100].")
+        k = max(1, int(round(x.numel() * top_percent / 100)))
+        top = torch.zeros_like(keep)
+        top[torch.topk(x, k).indices] = True
+        keep &= top
+    return keep
+
+
+def fit_slope(
+    x: Float[Tensor, " n"],
+    y: Float[Tensor, " n"],
+    *,
+    intercept: bool = True,
+    threshold: float | None = None,
+    top_percent: float | None = None,
+) -> tuple[float, float, int]:
+    """Least-squares line ``y = slope * x (+ intercept)`` on the points :func:`select_points` keeps.
+
+    Returns ``(slope, intercept, n_points)``; the intercept is 0.0 when ``intercept=False`` (through the origin).
+    Raises ``ValueError`` when too few points are left to fit.
+    """
+    x, y = torch.as_tensor(x).flatten().double().cpu(), torch.as_tensor(y).flatten().double().cpu()
+    if x.shape != y.shape:
+        raise ValueError(f"x has {x.numel()} points but y has {y.numel()}; pass one y per x.")
+    keep = select_points(x, threshold=threshold, top_percent=top_percent)
+    x, y = x[keep], y[keep]
+    need = 2 if intercept else 1
+    if x.numel() < need or (intercept and float(x.max() - x.min()) == 0.0):
+        raise ValueError(f"only {x.numel()} distinct point(s) pass the filters (threshold={threshold}, "
+                         f"top_percent={top_percent}); a line needs {need}. Loosen the filters.")
+    design = torch.stack([x, torch.ones_like(x)], 1) if intercept else x[:, None]
+    coef = torch.linalg.lstsq(design, y[:, None], driver="gelsd").solution[:, 0]
+    return float(coef[0]), float(coef[1]) if intercept else 0.0, int(x.numel())
+
+
+def backup_slopes(
+    result: SelfRepair,
+    *,
+    which: str = "heads",
+    intercept: bool = True,
+    threshold: float | None = None,
+    top_percent: float | None = None,
+) -> Labelled:
+    """One backup slope per ablated group: compensation (``which``, see :meth:`SelfRepair.compensation`) against
+    the group's clean direct effect over all (batch, pos). Negative: later heads got *worse* when it was ablated.
+
+    A group with too few points after filtering gets NaN (its count, 0 or 1, is in ``meta["n_points"]``).
+    """
+    x_all = result.clean_direct_effect().values
+    y_all = result.compensation(which).values
+    slopes, intercepts, counts = [], [], []
+    for x, y in zip(x_all, y_all, strict=True):
+        try:
+            s, c, n = fit_slope(x, y, intercept=intercept, threshold=threshold, top_percent=top_percent)
+        except ValueError:  # too few points for this head: no slope, and the count says why
+            s, c, n = float("nan"), float("nan"), int(select_points(x, threshold=threshold,
+                                                                    top_percent=top_percent).sum())
+        slopes.append(s)
+        intercepts.append(c)
+        counts.append(n)
+    return Labelled(torch.tensor(slopes), result.labels, unit="compensation per unit of clean direct effect",
+                    axes=("ablated",), meta={"which": which, "intercept": intercept, "threshold": threshold,
+                                             "top_percent": top_percent, "intercepts": intercepts,
+                                             "n_points": counts})
+
+
+def slopes_grid(model, slopes: Labelled) -> Float[Tensor, "layer head"]:
+    """Slopes of single-head ablations as a [layer, head] grid (NaN for heads not swept), for a heatmap."""
+    grid = torch.full((model.cfg.n_layers, model.cfg.n_heads), float("nan"))
+    for label, value in zip(slopes.labels, slopes.values.tolist(), strict=True):
+        if "+" not in label:
+            layer, h = parse_head(label, model.cfg.n_layers, model.cfg.n_heads)
+            grid[layer, h] = value
+    return grid
+
+
+def norm_share(result: SelfRepair, label: str, *, top_percent: float | None = None) -> float:
+    """The share of self-repair the final-norm remainder accounts for: ``sum(norm) / sum(self-repair)`` over the
+    ablated group's (batch, pos), or over its ``top_percent`` % of points by clean direct effect."""
+    i = result.delta_logit.index(label)
+    keep = select_points(result.clean_direct_effect().values[i], top_percent=top_percent)
+    repair = float(result.self_repair.values[i].flatten()[keep].sum())
+    if abs(repair) < 1e-9:
+        raise ValueError(f"{label}: the self-repair sums to {repair:.3g} on these points; no share can be taken.")
+    return float(result.norm.values[i].flatten()[keep].sum()) / repair
+
+
+def point_labels(batch: int, n_pos: int) -> list[str]:
+    """Hover labels ``batch b, pos p`` for the flattened (batch, pos) points of a backup scatter."""
+    return [f"batch {b}, pos {p}" for b in range(batch) for p in range(n_pos)]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# speed
+
+
+def time_sweep(model, n_prompts: int, n_pos: int, *, loop_heads: int | None = None,
+               max_batch: int | None = None, seed: int = 0) -> dict[str, float]:
+    """Seconds for the batched all-heads sweep vs one forward pass with a full cache per head (the seed's way).
+
+    The loop is timed on ``loop_heads`` heads (default all) and scaled to all heads. Random tokens, so it runs on
+    any model offline. Returns ``{"batched_s", "loop_s", "speedup", "heads"}``.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    tokens = torch.randint(0, model.cfg.d_vocab, (2 * n_prompts, n_pos), generator=gen).to(device)
+    clean, corrupted = tokens[:n_prompts], tokens[n_prompts:]
+    n_heads = model.cfg.n_layers * model.cfg.n_heads
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    self_repair_sweep(model, clean[:1], corrupted[:1], heads=["L0H0"], progress=False)  # warm-up
+    sync()
+    start = time.perf_counter()
+    self_repair_sweep(model, clean, corrupted, max_batch=max_batch, progress=False)
+    sync()
+    batched = time.perf_counter() - start
+    loop_heads = n_heads if loop_heads is None else min(loop_heads, n_heads)
+    labels = head_labels(model.cfg.n_layers, model.cfg.n_heads)[:loop_heads]
+    _, corr = model.run_with_cache(corrupted)
+    sync()
+    start = time.perf_counter()
+    with torch.no_grad():
+        for label in labels:
+            layer, h = parse_head(label, model.cfg.n_layers, model.cfg.n_heads)
+            name = hook_name("z", layer)
+
+            def ablate(z, hook, h=h, name=name):
+                z = z.clone()
+                z[:, :, h] = corr[name][:, :, h]
+                return z
+
+            with model.hooks(fwd_hooks=[(name, ablate)]):
+                model.run_with_cache(clean)
+    sync()
+    loop = (time.perf_counter() - start) * n_heads / loop_heads
+    return {"batched_s": batched, "loop_s": loop, "speedup": loop / batched, "heads": n_heads}
+
+
+__all__ = ["SelfRepair", "backup_slopes", "fit_slope", "norm_share", "point_labels", "select_points",
+           "self_repair_sweep", "slopes_grid", "text_tokens", "time_sweep"]
