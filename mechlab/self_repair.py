@@ -361,6 +361,34 @@ def self_repair_sweep(
                       components=torch.cat(kept) if keep_components else None, meta=meta)
 
 
+def ioi_self_repair(
+    model, n: int = 50, *, seed: int = 0, heads: Sequence | None = None, keep_components: bool = False,
+    max_batch: int | None = None, progress: bool = True,
+) -> SelfRepair:
+    """The sweep on IOI prompts (``mechlab.data.ioi``), read at each prompt's final position on the logit difference
+    IO - S. Each head is resample-ablated with its ``z`` on the ABC-corrupted prompt (S2 replaced by a third name).
+
+    ``-direct`` is then each head's direct effect on the logit difference (clean minus resampled output, clean
+    scale): the largest is the top name mover, and ``self_repair`` says how much of its loss the model made up.
+    """
+    from mechlab.data import ioi
+
+    samples = ioi.make_ioi(n, seed=seed)
+    clean = ioi.ioi_batch(model, samples)
+    corrupted = ioi.ioi_batch(model, ioi.corrupt(samples, "abc", seed=seed))
+    if not torch.equal(clean.end, corrupted.end):
+        raise ValueError("the ABC-corrupted IOI prompts do not line up with the clean ones in this tokenizer; "
+                         "choose another seed.")
+    width = clean.tokens.shape[1]
+    targets = clean.answer[:, None].expand(-1, width)
+    wrong = clean.wrong[:, None].expand(-1, width)
+    device = next(model.parameters()).device
+    result = self_repair_sweep(model, clean.tokens.to(device), corrupted.tokens.to(device), heads=heads,
+                               targets=targets.to(device), wrong=wrong.to(device), positions=slice(None),
+                               keep_components=keep_components, max_batch=max_batch, progress=progress)
+    return result.at(clean.end)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # backup slopes
 
@@ -515,5 +543,5 @@ def time_sweep(model, n_prompts: int, n_pos: int, *, loop_heads: int | None = No
     return {"batched_s": batched, "loop_s": loop, "speedup": loop / batched, "heads": n_heads}
 
 
-__all__ = ["SelfRepair", "backup_slopes", "fit_slope", "norm_share", "point_labels", "select_points",
+__all__ = ["SelfRepair", "backup_slopes", "fit_slope", "ioi_self_repair", "norm_share", "point_labels", "select_points",
            "self_repair_sweep", "slopes_grid", "text_tokens", "time_sweep"]

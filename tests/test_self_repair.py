@@ -1,0 +1,272 @@
+"""mechlab.self_repair against independent computations on both tiny families: hand-written einsums through the
+HF model's own final-norm weights, one resample-ablated forward pass per head (``mechlab.ablation`` hooks), the
+model's logits, numpy's least squares and the organism evaluation's own self-repair number."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mechlab.ablation import ablation_hooks
+from mechlab.hooks import hook_name
+from mechlab.self_repair import (
+    backup_slopes,
+    fit_slope,
+    norm_share,
+    select_points,
+    self_repair_sweep,
+    slopes_grid,
+    text_tokens,
+)
+
+TOL_SUM = 1e-4
+TOL_LOOP = 1e-5
+
+
+def _hf_norm(model):
+    """(centres, weight, bias) read from the HF module itself, not through mechlab.dla."""
+    hf = model.original_model
+    if hasattr(hf, "transformer"):  # GPT-2: LayerNorm
+        ln = hf.transformer.ln_f
+        return True, ln.weight.detach().float(), ln.bias.detach().float()
+    norm = hf.model.norm  # Gemma: RMSNorm with a (1 + weight) gain, no bias
+    return False, 1.0 + norm.weight.detach().float(), torch.zeros_like(norm.weight).float()
+
+
+@pytest.fixture
+def model(tiny_model):
+    """The tiny model with a non-trivial final norm (random init leaves weight 1 / bias 0), restored after."""
+    hf = tiny_model.original_model
+    norm = hf.transformer.ln_f if hasattr(hf, "transformer") else hf.model.norm
+    saved = {n: p.detach().clone() for n, p in norm.named_parameters()}
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in norm.parameters():
+            p.add_(0.4 * torch.randn(p.shape, generator=gen).to(p.device))
+    yield tiny_model
+    with torch.no_grad():
+        for n, p in norm.named_parameters():
+            p.copy_(saved[n])
+
+
+@pytest.fixture
+def data(model):
+    return text_tokens(model, n_prompts=3, n_pos=24, source="organism", seed=1)
+
+
+def _names(model):
+    out = {"ln_final.hook_scale", "ln_final.hook_in"}
+    for layer in range(model.cfg.n_layers):
+        out |= {hook_name("z", layer), hook_name("mlp_out", layer)}
+    return out
+
+
+@torch.no_grad()
+def _run(model, tokens, hooks=()):
+    names = _names(model)
+    with model.hooks(fwd_hooks=list(hooks)):
+        logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
+    return logits, cache
+
+
+def _read(model, x, scale, targets):
+    """Writer x [batch, pos, (head,) d_model] read along W_U[:, next token] through the norm with ``scale``."""
+    centres, weight, _ = _hf_norm(model)
+    if centres:
+        x = x - x.mean(-1, keepdim=True)
+    w_u = model.W_U.detach().float()[:, targets]  # [d_model, batch, pos]
+    sc = scale[..., 0] if x.ndim == 3 else scale[..., 0, None]
+    eq = "bpm,mbp->bp" if x.ndim == 3 else "bphm,mbp->bph"
+    return torch.einsum(eq, x * weight, w_u) / sc
+
+
+def _head_des(model, cache, scale, targets):
+    """[layer, head, batch, pos-1] direct effect of every head, by hand."""
+    rows = []
+    for layer in range(model.cfg.n_layers):
+        out = torch.einsum("bphd,hdm->bphm", cache[hook_name("z", layer)][:, :-1].float(),
+                           model.W_O[layer].detach().float())
+        rows.append(_read(model, out, scale[:, :-1], targets).permute(2, 0, 1))
+    return torch.stack(rows)
+
+
+def _mlp_des(model, cache, scale, targets):
+    return torch.stack([_read(model, cache[hook_name("mlp_out", layer)][:, :-1].float(), scale[:, :-1], targets)
+                        for layer in range(model.cfg.n_layers)])
+
+
+def _next_logit(logits, targets):
+    return logits[:, :-1].float().gather(-1, targets[..., None])[..., 0]
+
+
+def test_clean_direct_effects_match_hand_einsum_and_sum_to_logits(model, data):
+    clean, corrupted = data
+    result = self_repair_sweep(model, clean, corrupted, heads=["L0H0"], progress=False)
+    logits, cache = _run(model, clean)
+    targets = clean[:, 1:]
+    scale = cache["ln_final.hook_scale"].float()
+    heads = _head_des(model, cache, scale, targets)
+    for layer in range(model.cfg.n_layers):
+        for h in range(model.cfg.n_heads):
+            torch.testing.assert_close(result.clean[f"L{layer}H{h}"], heads[layer, h].cpu(), atol=1e-5, rtol=1e-4)
+    mlps = _mlp_des(model, cache, scale, targets)
+    torch.testing.assert_close(result.clean["L1 mlp"], mlps[1].cpu(), atol=1e-5, rtol=1e-4)
+    b_u = getattr(model, "b_U", torch.zeros(model.cfg.d_vocab)).detach().float()[targets]
+    total = result.clean.values.sum(0) + b_u.cpu()
+    torch.testing.assert_close(total, _next_logit(logits, targets).cpu(), atol=1e-4, rtol=1e-4)
+
+
+def test_decomposition_sums_to_delta_logit(model, data):
+    clean, corrupted = data
+    result = self_repair_sweep(model, clean, corrupted, progress=False)
+    parts = result.direct.values + result.heads.values + result.mlps.values + result.fixed.values + result.norm.values
+    err = (parts - result.delta_logit.values).abs().max()
+    assert err < TOL_SUM
+    # the norm term is resolved, not lost in rounding: leaving it out breaks the sum
+    without_norm = (parts - result.norm.values - result.delta_logit.values).abs().max()
+    assert without_norm > 20 * err
+    # a head ablation moves no embedding or bias
+    assert result.fixed.values.abs().max() < 1e-6
+    # self-repair is delta_logit minus the ablated heads' own change
+    torch.testing.assert_close(result.self_repair.values, result.heads.values + result.mlps.values
+                               + result.fixed.values + result.norm.values, atol=TOL_SUM, rtol=0)
+
+
+def test_every_ablation_changes_the_logits(model, data):
+    clean, corrupted = data
+    result = self_repair_sweep(model, clean, corrupted, progress=False)
+    moved = result.delta_logit.values.abs().flatten(1).max(1).values
+    assert bool((moved > 1e-4).all()), dict(zip(result.labels, moved.tolist(), strict=True))
+    assert bool((result.direct.values.abs().flatten(1).max(1).values > 1e-4).all())
+
+
+def test_batched_sweep_equals_one_head_at_a_time(model, data):
+    clean, corrupted = data
+    batch = clean.shape[0]
+    # 3 ablations per pass: several chunks, the last one short
+    result = self_repair_sweep(model, clean, corrupted, max_batch=3 * batch, progress=False)
+    logits_c, cache_c = _run(model, clean)
+    targets = clean[:, 1:]
+    s_clean = cache_c["ln_final.hook_scale"].float()
+    heads_c, mlps_c = _head_des(model, cache_c, s_clean, targets), _mlp_des(model, cache_c, s_clean, targets)
+    centres, weight, _ = _hf_norm(model)
+    for i, label in enumerate(result.labels):
+        layer, h = int(label[1:].split("H")[0]), int(label.split("H")[1])
+        hooks = ablation_hooks(model, [label], method="resample", reference=corrupted, tokens=clean)
+        logits_a, cache_a = _run(model, clean, hooks)
+        heads_a, mlps_a = _head_des(model, cache_a, s_clean, targets), _mlp_des(model, cache_a, s_clean, targets)
+        d_heads = heads_a - heads_c
+        direct = d_heads[layer, h]
+        others = d_heads.sum((0, 1)) - direct
+        resid = cache_a["ln_final.hook_in"][:, :-1].float()
+        s_abl = cache_a["ln_final.hook_scale"][:, :-1, 0].float()
+        if centres:
+            resid = resid - resid.mean(-1, keepdim=True)
+        a_abl = torch.einsum("bpm,mbp->bp", resid * weight, model.W_U.detach().float()[:, targets])
+        want = {"delta_logit": _next_logit(logits_a, targets) - _next_logit(logits_c, targets), "direct": direct,
+                "heads": others, "mlps": (mlps_a - mlps_c).sum(0),
+                "norm": a_abl * (1 / s_abl - 1 / s_clean[:, :-1, 0])}
+        for part, value in want.items():
+            torch.testing.assert_close(getattr(result, part).values[i], value.cpu(), atol=TOL_LOOP, rtol=1e-4,
+                                       msg=lambda m, part=part, label=label: f"{label} {part}: {m}")
+
+
+def test_group_ablation_and_logit_diff_readout(model, data):
+    clean, corrupted = data
+    wrong = torch.roll(clean[:, 1:], 1, dims=1)
+    result = self_repair_sweep(model, clean, corrupted, heads=[["L0H1", "L1H2"], "L1H0"], wrong=wrong,
+                               keep_components=True, progress=False)
+    assert result.labels == ["L0H1+L1H2", "L1H0"]
+    hooks = ablation_hooks(model, ["L0H1", "L1H2"], method="resample", reference=corrupted, tokens=clean)
+    logits_a, _ = _run(model, clean, hooks)
+    logits_c, _ = _run(model, clean)
+
+    def ld(lg):
+        return _next_logit(lg, clean[:, 1:]) - _next_logit(lg, wrong)
+
+    torch.testing.assert_close(result.delta_logit.values[0], (ld(logits_a) - ld(logits_c)).cpu(), atol=TOL_LOOP,
+                               rtol=1e-4)
+    parts = sum(getattr(result, p).values for p in ("direct", "heads", "mlps", "fixed", "norm"))
+    assert (parts - result.delta_logit.values).abs().max() < TOL_SUM
+    changes = result.component_changes("L0H1+L1H2")
+    assert changes["L0H0"].abs() < 1e-6  # same layer, not ablated: unchanged
+    torch.testing.assert_close(changes["L0H1"] + changes["L1H2"], result.direct.values[0].mean(), atol=1e-6, rtol=0)
+    at = result.at(torch.tensor([0, 5, 22]))
+    assert at.delta_logit.values.shape == (2, 3, 1)
+    assert float(at.delta_logit.values[1, 1, 0]) == float(result.delta_logit.values[1, 1, 5])
+
+
+def test_slopes_equal_numpy_lstsq():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(400, generator=gen)
+    y = -0.3 * x + 0.2 + 0.1 * torch.randn(400, generator=gen)
+    xs, ys = x.double().numpy(), y.double().numpy()
+    slope, icpt, n = fit_slope(x, y, intercept=True)
+    want = np.linalg.lstsq(np.stack([xs, np.ones_like(xs)], 1), ys, rcond=None)[0]
+    assert n == 400 and np.allclose([slope, icpt], want, atol=1e-10)
+    slope0, icpt0, _ = fit_slope(x, y, intercept=False)
+    assert icpt0 == 0.0 and np.isclose(slope0, np.linalg.lstsq(xs[:, None], ys, rcond=None)[0][0], atol=1e-10)
+    assert abs(slope0 - slope) > 1e-3  # the intercept matters on these points
+    # filters: threshold then the top 10 % by signed x
+    keep = (xs >= 0.5) & (xs >= np.sort(xs)[-40])
+    slope_f, icpt_f, n_f = fit_slope(x, y, threshold=0.5, top_percent=10)
+    want_f = np.linalg.lstsq(np.stack([xs[keep], np.ones(keep.sum())], 1), ys[keep], rcond=None)[0]
+    assert n_f == keep.sum() == 40 and np.allclose([slope_f, icpt_f], want_f, atol=1e-10)
+    assert select_points(x, threshold=1.0).sum() == int((xs >= 1.0).sum())
+    with pytest.raises(ValueError, match="pass the filters"):
+        fit_slope(x, y, threshold=100.0)
+    with pytest.raises(ValueError, match="top_percent"):
+        fit_slope(x, y, top_percent=0)
+
+
+def test_backup_slopes_per_head_match_numpy(model, data):
+    clean, corrupted = data
+    result = self_repair_sweep(model, clean, corrupted, progress=False)
+    slopes = backup_slopes(result, top_percent=50)
+    xs, ys = result.clean_direct_effect().values, result.compensation("heads").values
+    for i, label in enumerate(result.labels):
+        x, y = xs[i].flatten().double().numpy(), ys[i].flatten().double().numpy()
+        keep = np.argsort(-x)[: int(round(x.size * 0.5))]
+        want = np.linalg.lstsq(np.stack([x[keep], np.ones(keep.size)], 1), y[keep], rcond=None)[0]
+        assert np.allclose([float(slopes[label]), slopes.meta["intercepts"][i]], want, atol=1e-8), label
+    grid = slopes_grid(model, slopes)
+    assert grid.shape == (model.cfg.n_layers, model.cfg.n_heads)
+    assert float(grid[1, 2]) == float(slopes["L1H2"])
+    share = norm_share(result, "L0H0")
+    i = result.labels.index("L0H0")
+    assert np.isclose(share, float(result.norm.values[i].sum() / result.self_repair.values[i].sum()), rtol=1e-5)
+
+
+def test_bad_input_raises(gpt2_like):
+    clean, corrupted = text_tokens(gpt2_like, n_prompts=2, n_pos=10, source="organism")
+    with pytest.raises(ValueError, match="corrupted tokens have shape"):
+        self_repair_sweep(gpt2_like, clean, corrupted[:, :8], progress=False)
+    with pytest.raises(ValueError, match="targets have shape"):
+        self_repair_sweep(gpt2_like, clean, corrupted, targets=clean, progress=False)
+    with pytest.raises(ValueError, match="does not exist"):
+        self_repair_sweep(gpt2_like, clean, corrupted, heads=["L7H0"], progress=False)
+    with pytest.raises(ValueError, match="source='organism'"):
+        text_tokens(gpt2_like, 2, 10, source="openwebtext")  # HF_HUB_OFFLINE=1 in the tests: fails at once
+    assert clean.shape == corrupted.shape == (2, 10) and not torch.equal(clean, corrupted)
+
+
+@pytest.mark.skipif("not __import__('mechlab.loading', fromlist=['x']).organism_available()",
+                    reason="the organism checkpoint is not shipped yet")
+def test_organism_top_name_mover_compensation_matches_its_evaluation():
+    """The sweep's self-repair of the organism's top IOI name mover equals the number the organism's own
+    evaluation computes (another code path: mechlab.organism.evaluate.ioi_circuit) and is positive."""
+    from mechlab.loading import load_model
+    from mechlab.organism.evaluate import HELD_OUT_SEED, ioi_circuit
+    from mechlab.self_repair import ioi_self_repair
+
+    model = load_model("organism", device="cpu", verbose=False)
+    reference = ioi_circuit(model, n=40, seed=HELD_OUT_SEED + 1)
+    result = ioi_self_repair(model, n=40, seed=HELD_OUT_SEED + 1, progress=False)
+    drop = -result.direct.values.mean((1, 2))
+    top = result.labels[int(drop.argmax())]
+    assert top == reference["top_name_mover"]
+    assert float(drop.max()) == pytest.approx(reference["top_direct_effect"], abs=1e-4)
+    repair = float(result.self_repair[top].mean())
+    assert repair == pytest.approx(reference["compensation"], abs=1e-4)
+    assert repair > 0.05 * reference["top_direct_effect"]
