@@ -1,0 +1,139 @@
+"""Checkers for unit 06 (backup heads and self-repair): a head's direct effect with the clean run's norm scale, the
+self-repair formula, and the backup slope fit.
+
+Each runs the learner's function and a reference on small random cases and raises
+:class:`mechlab.checks.core.CheckFailed` naming the first case that disagrees::
+
+    from mechlab.checks import unit06
+    unit06.check_head_direct_effect(fn)   # fn(z, W_O, readout, ln_weight, scales, centre) -> [batch, pos]
+    unit06.check_self_repair(fn)          # fn(delta_logit, clean_de, ablated_de) -> [...]
+    unit06.check_backup_slope(fn)         # fn(x, y, intercept, top_percent) -> (slope, intercept)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from mechlab.checks.core import Case, compare_tensors, run_cases
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _randn(*shape: int, seed: int) -> Tensor:
+    return torch.randn(*shape, generator=_gen(seed))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 1. a head's direct effect, read with the clean run's scale
+
+
+def head_direct_effect(
+    z: Float[Tensor, "batch pos d_head"],
+    W_O: Float[Tensor, "d_head d_model"],
+    readout: Float[Tensor, "batch pos d_model"],
+    ln_weight: Float[Tensor, " d_model"],
+    scales: dict[str, Float[Tensor, "batch pos 1"]],
+    centre: bool,
+) -> Float[Tensor, "batch pos"]:
+    """Reference: the head's output ``z @ W_O``, centred when the final norm is a LayerNorm, divided by the
+    *clean* run's scale, times the norm weight, dotted with the readout direction at each (batch, pos)."""
+    out = z @ W_O
+    if centre:
+        out = out - out.mean(-1, keepdim=True)
+    return ((out / scales["clean"]) * ln_weight * readout).sum(-1)
+
+
+def _de_cases() -> list[Case]:
+    cases = []
+    for name, (b, p, dh, dm, centre, seed) in {
+        "LayerNorm model, 2 prompts x 5 positions": (2, 5, 4, 16, True, 1),
+        "RMSNorm model (no centring), 3 prompts x 4 positions": (3, 4, 8, 12, False, 2),
+        "LayerNorm, one prompt": (1, 7, 4, 8, True, 3),
+    }.items():
+        z, w_o = _randn(b, p, dh, seed=seed), _randn(dh, dm, seed=seed + 10) / dh ** 0.5
+        readout, weight = _randn(b, p, dm, seed=seed + 20), 1 + 0.5 * _randn(dm, seed=seed + 30)
+        clean = 0.5 + 3 * torch.rand(b, p, 1, generator=_gen(seed + 40))
+        ablated = clean * (0.6 + 0.3 * torch.rand(b, p, 1, generator=_gen(seed + 50)))  # ablation shrinks the scale
+        cases.append(Case(name, (z, w_o, readout, weight, {"clean": clean, "ablated": ablated}, centre)))
+    return cases
+
+
+def check_head_direct_effect(fn: Callable) -> None:
+    """``fn(z, W_O, readout, ln_weight, scales, centre)``: the direct effect of one head at every (batch, pos), with
+    ``scales["clean"]`` frozen as the final norm's scale (``scales["ablated"]`` is the trap). Shape [batch, pos]."""
+    run_cases(fn, head_direct_effect, _de_cases(), name="check_head_direct_effect")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 2. self-repair
+
+
+def self_repair(
+    delta_logit: Float[Tensor, "..."], clean_de: Float[Tensor, "..."], ablated_de: Float[Tensor, "..."]
+) -> Float[Tensor, "..."]:
+    """Reference: what the ablation did to the logit, minus what it did to the ablated head's own direct effect."""
+    return delta_logit - (ablated_de - clean_de)
+
+
+def check_self_repair(fn: Callable) -> None:
+    """``fn(delta_logit, clean_de, ablated_de)`` -> self-repair, elementwise, any shape."""
+    cases = []
+    for name, shape, seed in (("3 prompts x 4 positions", (3, 4), 1), ("5 heads x 2 prompts x 3 positions",
+                                                                       (5, 2, 3), 2)):
+        clean_de = _randn(*shape, seed=seed)
+        ablated_de = 0.2 * _randn(*shape, seed=seed + 1)
+        delta = -(clean_de - ablated_de) * 0.6 + 0.1 * _randn(*shape, seed=seed + 2)  # part of the loss repaired
+        cases.append(Case(name, (delta, clean_de, ablated_de)))
+    run_cases(fn, self_repair, cases, name="check_self_repair")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 3. the backup slope
+
+
+def backup_slope(
+    x: Float[Tensor, " n"], y: Float[Tensor, " n"], intercept: bool, top_percent: float | None
+) -> tuple[float, float]:
+    """Reference (numpy): keep the ``top_percent`` % of points with the largest x (all when None), then least
+    squares ``y = slope * x + c`` (``c`` fixed at 0 when ``intercept`` is False). Returns ``(slope, c)``."""
+    xs, ys = np.asarray(x, dtype=np.float64).ravel(), np.asarray(y, dtype=np.float64).ravel()
+    if top_percent is not None:
+        keep = np.argsort(-xs, kind="stable")[: max(1, int(round(xs.size * top_percent / 100)))]
+        xs, ys = xs[keep], ys[keep]
+    design = np.stack([xs, np.ones_like(xs)], 1) if intercept else xs[:, None]
+    coef = np.linalg.lstsq(design, ys, rcond=None)[0]
+    return float(coef[0]), float(coef[1]) if intercept else 0.0
+
+
+def _compare_pair(got, want) -> str:
+    if not isinstance(got, (tuple, list)) or len(got) != 2:
+        return f"returned {type(got).__name__} {got!r}; expected a pair (slope, intercept)"
+    try:
+        got_t = torch.tensor([float(got[0]), float(got[1])])
+    except (TypeError, ValueError):
+        return f"returned {got!r}; expected two numbers (slope, intercept)"
+    return compare_tensors(got_t, torch.tensor(want, dtype=torch.float32), atol=1e-4, rtol=1e-4,
+                           what="(slope, intercept)")
+
+
+def check_backup_slope(fn: Callable) -> None:
+    """``fn(x, y, intercept, top_percent)`` -> ``(slope, intercept)`` of the least-squares line (intercept 0.0
+    when fitting through the origin), on the top ``top_percent`` % of points by x (all when None)."""
+    x = _randn(300, seed=7)
+    y = -0.4 * x + 0.3 + 0.2 * _randn(300, seed=8) + 0.3 * x.clamp(min=1.0)  # bends for the largest x
+    cases = [Case("all points, with intercept", (x, y, True, None)),
+             Case("all points, through the origin", (x, y, False, None)),
+             Case("top 10 % by direct effect, with intercept", (x, y, True, 10.0)),
+             Case("top 20 %, through the origin", (x, y, False, 20.0))]
+    run_cases(fn, backup_slope, cases, name="check_backup_slope", compare=_compare_pair)
+
+
+__all__ = ["backup_slope", "check_backup_slope", "check_head_direct_effect", "check_self_repair",
+           "head_direct_effect", "self_repair"]

@@ -1,0 +1,149 @@
+"""Unit 06 checkers: each rejects the stub and plausible wrong answers (the ablated run's scale, no centring, a sign
+flip, a missing intercept, no top-k filter) and accepts a correct solution written differently from the reference;
+the references agree with mechlab.self_repair / mechlab.dla on a tiny model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mechlab.checks import unit06
+from mechlab.checks.core import CheckFailed
+from mechlab.hooks import hook_name
+
+
+def stub(*args):
+    raise NotImplementedError("write this function")
+
+
+# ---- exercise 1: a head's direct effect with the clean scale
+
+
+def de_solution(z, W_O, readout, ln_weight, scales, centre):
+    out = torch.einsum("bpd,dm->bpm", z, W_O)
+    if centre:
+        out = out - out.mean(dim=-1, keepdim=True)
+    return torch.einsum("bpm,bpm->bp", out * ln_weight, readout) / scales["clean"][..., 0]
+
+
+def de_ablated_scale(z, W_O, readout, ln_weight, scales, centre):
+    return de_solution(z, W_O, readout, ln_weight, {"clean": scales["ablated"]}, centre)
+
+
+def de_no_centring(z, W_O, readout, ln_weight, scales, centre):
+    return de_solution(z, W_O, readout, ln_weight, scales, False)
+
+
+def de_no_weight(z, W_O, readout, ln_weight, scales, centre):
+    return de_solution(z, W_O, readout, torch.ones_like(ln_weight), scales, centre)
+
+
+def test_direct_effect_checker_accepts_the_solution():
+    unit06.check_head_direct_effect(de_solution)
+
+
+@pytest.mark.parametrize("wrong", [stub, de_ablated_scale, de_no_centring, de_no_weight])
+def test_direct_effect_checker_rejects(wrong):
+    with pytest.raises(CheckFailed):
+        unit06.check_head_direct_effect(wrong)
+
+
+def test_direct_effect_reference_matches_mechlab_dla(tiny_model):
+    from mechlab.dla import cache_names, direct_effects, final_norm_params, unembed_directions
+
+    model = tiny_model
+    tokens = torch.randint(0, 200, (2, 9))
+    names = cache_names(model)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
+    readout = unembed_directions(model, tokens[:, 1:])
+    scale = cache["ln_final.hook_scale"]
+    fake_ablated = scale * 0.5
+    result = direct_effects(model, cache, readout, positions=slice(0, -1))
+    centres, weight, _ = final_norm_params(model)
+    layer, head = 1, 2
+    z = cache[hook_name("z", layer)][:, :-1, head]
+    got = unit06.head_direct_effect(z, model.W_O[layer, head].detach(), readout, weight,
+                                    {"clean": scale[:, :-1], "ablated": fake_ablated[:, :-1]}, centres)
+    torch.testing.assert_close(got, result[f"L{layer}H{head}"], atol=1e-5, rtol=1e-4)
+
+
+# ---- exercise 2: self-repair
+
+
+def repair_solution(delta_logit, clean_de, ablated_de):
+    return delta_logit + clean_de - ablated_de
+
+
+def repair_sign_flip(delta_logit, clean_de, ablated_de):
+    return delta_logit + (ablated_de - clean_de)
+
+
+def repair_forgets_clean(delta_logit, clean_de, ablated_de):
+    return delta_logit - ablated_de
+
+
+def test_self_repair_checker_accepts_the_solution():
+    unit06.check_self_repair(repair_solution)
+
+
+@pytest.mark.parametrize("wrong", [stub, repair_sign_flip, repair_forgets_clean])
+def test_self_repair_checker_rejects(wrong):
+    with pytest.raises(CheckFailed):
+        unit06.check_self_repair(wrong)
+
+
+# ---- exercise 3: backup slope
+
+
+def slope_solution(x, y, intercept, top_percent):
+    if top_percent is not None:
+        k = max(1, round(len(x) * top_percent / 100))
+        idx = torch.topk(x, k).indices
+        x, y = x[idx], y[idx]
+    x, y = x.double(), y.double()
+    if not intercept:
+        return float((x * y).sum() / (x * x).sum()), 0.0
+    xm, ym = x.mean(), y.mean()
+    slope = ((x - xm) * (y - ym)).sum() / ((x - xm) ** 2).sum()
+    return float(slope), float(ym - slope * xm)
+
+
+def slope_never_intercept(x, y, intercept, top_percent):
+    return slope_solution(x, y, False, top_percent)
+
+
+def slope_always_intercept(x, y, intercept, top_percent):
+    return slope_solution(x, y, True, top_percent)
+
+
+def slope_no_filter(x, y, intercept, top_percent):
+    return slope_solution(x, y, intercept, None)
+
+
+def slope_swapped_axes(x, y, intercept, top_percent):
+    return slope_solution(y, x, intercept, top_percent)
+
+
+def test_slope_checker_accepts_the_solution():
+    unit06.check_backup_slope(slope_solution)
+
+
+@pytest.mark.parametrize("wrong", [stub, slope_never_intercept, slope_always_intercept, slope_no_filter,
+                                   slope_swapped_axes])
+def test_slope_checker_rejects(wrong):
+    with pytest.raises(CheckFailed):
+        unit06.check_backup_slope(wrong)
+
+
+def test_slope_reference_matches_mechlab_fit_slope():
+    from mechlab.self_repair import fit_slope
+
+    gen = torch.Generator().manual_seed(3)
+    x, y = torch.randn(200, generator=gen), torch.randn(200, generator=gen)
+    for intercept in (True, False):
+        for top in (None, 15.0):
+            want = unit06.backup_slope(x, y, intercept, top)
+            got = fit_slope(x, y, intercept=intercept, top_percent=top)[:2]
+            assert np.allclose(got, want, atol=1e-10)
