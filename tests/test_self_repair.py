@@ -270,3 +270,26 @@ def test_organism_top_name_mover_compensation_matches_its_evaluation():
     repair = float(result.self_repair[top].mean())
     assert repair == pytest.approx(reference["compensation"], abs=1e-4)
     assert repair > 0.05 * reference["top_direct_effect"]
+
+
+@pytest.mark.skipif("not __import__('mechlab.loading', fromlist=['x']).organism_available()",
+                    reason="the organism checkpoint is not shipped yet")
+def test_organism_all_heads_sweep_under_30_seconds_on_cpu():
+    import time
+
+    from mechlab.loading import load_model
+
+    model = load_model("organism", device="cpu", verbose=False)
+    clean, corrupted = text_tokens(model, n_prompts=50, n_pos=100, source="organism")
+    start = time.perf_counter()
+    result = self_repair_sweep(model, clean, corrupted, progress=False)
+    assert time.perf_counter() - start < 30
+    assert len(result.labels) == model.cfg.n_layers * model.cfg.n_heads
+
+
+def test_time_sweep_smoke(gpt2_like):
+    from mechlab.self_repair import time_sweep
+
+    row = time_sweep(gpt2_like, 2, 8, loop_heads=2)
+    assert row["heads"] == 8 and row["batched_s"] > 0 and row["loop_s"] > 0
+    assert row["speedup"] == pytest.approx(row["loop_s"] / row["batched_s"])
