@@ -51,27 +51,46 @@ def test_tokenizer_round_trips_and_is_bpe():
              "Unicode: café, naïve, 東京, emoji 🙂", "The archaeologist found interpretability counterintuitive."]
     for text in texts:
         assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
-    pieces = tok.convert_ids_to_tokens(tok("the garden and the river")["input_ids"])
-    assert pieces == ["the", "Ġgarden", "Ġand", "Ġthe", "Ġriver"]  # leading-space tokens
+    pieces = tok.convert_ids_to_tokens(tok("The garden and the river")["input_ids"])
+    assert pieces == ["The", "Ġgarden", "Ġand", "Ġthe", "Ġriver"]  # leading-space tokens
     assert all(len(tok(" " + n)["input_ids"]) == 1 for n in NAMES)
     assert len(tok(" interpretability")["input_ids"]) >= 3  # a rare word split into pieces
     assert tok.bos_token == tok.eos_token == "<|endoftext|>"
 
 
-def test_targets_on_a_fast_subset(organism, evaluation):
+@pytest.fixture(scope="module")
+def subset(organism):
     from mechlab.organism import evaluate as ev
 
-    ioi = ev.ioi_metrics(organism, n=60, seed=ev.HELD_OUT_SEED + 7)
-    assert ioi["accuracy"] >= ev.TARGETS["ioi_accuracy"]
-    assert ioi["logit_diff"] >= ev.TARGETS["ioi_logit_diff"]
-    ind = ev.induction_metrics(organism, n=12, seed=ev.HELD_OUT_SEED + 7)
-    assert ind["second_half_loss"] <= ev.TARGETS["induction_second_half_loss"]
-    assert ind["first_half_loss"] >= ev.TARGETS["induction_first_half_loss_min"]
-    pq = ev.prontoqa_metrics(organism, n=20, seed=ev.HELD_OUT_SEED + 7)
-    # the card states whether the PrOntoQA targets are met; the subset must agree with that claim
-    met = evaluation["targets_met"]
-    assert (pq["answer_acc"] >= 0.85) == met["prontoqa_answer"] or abs(pq["answer_acc"] - 0.9) < 0.1
-    assert (pq["cot_acc"] >= 0.85) == met["prontoqa_cot"] or abs(pq["cot_acc"] - 0.9) < 0.1
+    seed = ev.HELD_OUT_SEED + 7
+    return {"ioi": ev.ioi_metrics(organism, n=60, seed=seed),
+            "induction": ev.induction_metrics(organism, n=12, seed=seed),
+            "prontoqa": ev.prontoqa_metrics(organism, n=20, seed=seed)}
+
+
+SUBSET_CHECKS = {  # target -> (does the subset meet it?, result group, key of the number to show)
+    "ioi_accuracy": lambda s, t: (s["ioi"]["accuracy"] >= t["ioi_accuracy"], "ioi", "accuracy"),
+    "ioi_logit_diff": lambda s, t: (s["ioi"]["logit_diff"] >= t["ioi_logit_diff"], "ioi", "logit_diff"),
+    "induction": lambda s, t: (s["induction"]["second_half_loss"] <= t["induction_second_half_loss"]
+                               and s["induction"]["first_half_loss"] >= t["induction_first_half_loss_min"],
+                               "induction", "second_half_loss"),
+    "prontoqa_answer": lambda s, t: (s["prontoqa"]["answer_acc"] >= t["prontoqa_answer_acc"], "prontoqa", "answer_acc"),
+    "prontoqa_cot": lambda s, t: (s["prontoqa"]["cot_acc"] >= t["prontoqa_cot_acc"], "prontoqa", "cot_acc"),
+}
+
+
+@pytest.mark.parametrize("target", list(SUBSET_CHECKS))
+def test_targets_on_a_fast_subset(subset, evaluation, target):
+    """Every target the card claims is met holds on a fresh held-out subset; a target the card reports as
+    missed must be missed on the subset too (then the test is an expected failure, pointing at the card)."""
+    from mechlab.organism import evaluate as ev
+
+    met, group, key = SUBSET_CHECKS[target](subset, ev.TARGETS)
+    claimed = evaluation["targets_met"][target]
+    assert met == claimed, (f"{target}: the fast subset gives {subset[group][key]:.3f} but the card says "
+                            f"{evaluation[group][key]:.3f} ({'met' if claimed else 'not met'}); re-run evaluate")
+    if not claimed:
+        pytest.xfail(f"{target} is not reached by the shipped checkpoint ({evaluation[group][key]:.3f}); see the card")
 
 
 def test_card_matches_recomputation(organism, evaluation):
@@ -125,10 +144,10 @@ def test_training_smoke_lowers_the_loss(tmp_path):
     from mechlab.data.corpus import Mix
     from mechlab.organism.train import TrainConfig, train
 
-    cfg = TrainConfig(steps=40, batch=8, seq_len=64, n_layer=1, n_embd=64, n_head=2, tokenizer_docs=1000,
+    cfg = TrainConfig(steps=80, batch=8, seq_len=64, n_layer=1, n_embd=64, n_head=2, tokenizer_docs=1000,
                       min_frequency=20, warmup=5, log_every=5, mix=Mix(prontoqa=0.0))
     record = train(cfg, tmp_path, progress=False, max_seconds=50)
     losses = [loss for _, loss in record["losses"]]
     assert record["seconds"] < 60
-    assert min(losses[-3:]) < losses[0] - 1.0
+    assert sum(losses[-3:]) / 3 < losses[0] - 1.0
     assert (tmp_path / "model.safetensors").is_file() and (tmp_path / "tokenizer.json").is_file()

@@ -25,10 +25,10 @@ from mechlab.data import filler, ioi, prontoqa
 class Mix:
     """Relative weights of document kinds (normalised when drawn) and their shapes."""
 
-    ioi: float = 0.30  # an IOI sentence with its answer
-    prontoqa: float = 0.30  # a compact PrOntoQA problem with its proof
-    induction: float = 0.15  # a random token sequence repeated twice
-    filler: float = 0.25  # plain grammar text
+    ioi: float = 0.35  # an IOI sentence with its answer
+    prontoqa: float = 0.20  # a compact PrOntoQA problem with its proof
+    induction: float = 0.30  # a random token sequence repeated twice
+    filler: float = 0.15  # plain grammar text
     prontoqa_hops: tuple = (1, 2)  # hops of the training problems
     prontoqa_distractors: tuple = (1, 3)  # range of distractor facts
     induction_len: tuple = (8, 30)  # range of the half length of induction sequences

@@ -35,14 +35,14 @@ class TrainConfig:
     """Everything that decides the trained weights (plus the device, which should not)."""
 
     seed: int = 0  # seeds the tokenizer corpus, the init, dropout and the batches
-    steps: int = 900  # optimizer steps
+    steps: int = 4000  # optimizer steps
     batch: int = 16  # rows per step
     seq_len: int = 128  # tokens per row (also the model's context length)
     n_layer: int = 3  # transformer blocks
     n_embd: int = 128  # d_model
     n_head: int = 4  # heads per block (d_head = n_embd / n_head)
-    attn_pdrop: float = 0.1  # attention-pattern dropout: pushes the model towards redundant heads
-    resid_pdrop: float = 0.1  # dropout on each block's writes to the residual stream
+    attn_pdrop: float = 0.05  # attention-pattern dropout: pushes the model towards redundant heads
+    resid_pdrop: float = 0.05  # dropout on each block's writes to the residual stream
     lr: float = 3e-3  # peak learning rate (AdamW)
     warmup: int = 100  # linear warm-up steps, then cosine decay to lr / 10
     weight_decay: float = 0.05  # AdamW weight decay
@@ -106,7 +106,7 @@ def train(cfg: TrainConfig, out: Path | str = CHECKPOINT_DIR, *, device: str = "
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        value = float(loss)
+        value = float(loss.detach())
         running = value if running is None else 0.95 * running + 0.05 * value
         steps_done = step + 1
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
