@@ -116,11 +116,11 @@ def make_exercise(nb, source_path: str, exercise_path: str):
             cell.outputs = []
             cell.execution_count = None
         cell.metadata = {k: v for k, v in cell.metadata.items() if k in ("tags", "collapsed", "jupyter")}
-        cell.pop("id", None)
         cells.append(cell)
     note = nbformat.v4.new_markdown_cell(GENERATED_NOTE.format(source=source_path))
-    note.pop("id", None)
     cells.insert(1, note)
+    for i, cell in enumerate(cells):  # stable ids, so regenerating an unchanged source is a no-op
+        cell.id = f"ex-{i:03d}"
     ex.cells = cells
     ex.metadata = {"kernelspec": nb.metadata.get("kernelspec", {"name": "python3", "display_name": "Python 3",
                                                                 "language": "python"}),
