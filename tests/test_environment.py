@@ -32,3 +32,16 @@ def test_environment_yml_matches_pyproject():
     assert got == wanted
     python = next(d for d in env["dependencies"] if isinstance(d, str) and d.startswith("python"))
     assert python.replace("python", "") == project["requires-python"]
+
+
+def test_every_data_file_in_the_package_is_installed():
+    """A non-Python file under mechlab/ that no package-data glob matches is missing from a pip (Colab) install."""
+    from fnmatch import fnmatch
+
+    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["mechlab"]
+    package = ROOT / "mechlab"
+    data = [p.relative_to(package).as_posix() for p in package.rglob("*")
+            if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts]
+    assert data, "expected the organism checkpoint and card under mechlab/"
+    missing = [f for f in data if not any(fnmatch(f, g) for g in globs)]
+    assert not missing, f"add these to [tool.setuptools.package-data] in pyproject.toml: {missing}"
