@@ -60,30 +60,15 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from mechlab.hooks import FINAL_NORM_SCALE, HEAD_KINDS, check_layer, hook_name, n_heads_for
+from mechlab.patching import logit_diff_metric  # one metric for exact patching and its approximations
 from mechlab.results import Labelled
-from mechlab.tokens import check_same_shape, logit_diff
+from mechlab.tokens import check_same_shape
 
 KINDS = ("resid_pre", "attn_out", "mlp_out", "z", "q", "k", "v")
 DIRECTIONS = ("noising", "denoising")
 _ROW_NAMES = {"resid_pre": "resid_pre", "attn_out": "attn", "mlp_out": "mlp"}
 
 Metric = Callable[[Float[Tensor, "batch pos d_vocab"]], Float[Tensor, " batch"]]
-
-
-def logit_diff_metric(
-    correct: Int[Tensor, " batch"], incorrect: Int[Tensor, " batch"] | Int[Tensor, "batch k"], *, pos: int = -1
-) -> Metric:
-    """A metric for these functions: per-prompt ``logit[correct] - logit[incorrect]`` at ``pos``, in fp32."""
-    correct, incorrect = torch.as_tensor(correct), torch.as_tensor(incorrect)
-    if correct.ndim != 1 or incorrect.shape[0] != correct.shape[0]:
-        raise ValueError(f"logit_diff_metric: correct has shape {tuple(correct.shape)} and incorrect "
-                         f"{tuple(incorrect.shape)}; pass one correct id per prompt and one incorrect id (or a row "
-                         "of ids) per prompt.")
-
-    def metric(logits: Float[Tensor, "batch pos d_vocab"]) -> Float[Tensor, " batch"]:
-        return logit_diff(logits[:, pos].float(), correct, incorrect)
-
-    return metric
 
 
 def component_labels(model, kind: str, layers: Sequence[int]) -> list[str]:
