@@ -105,31 +105,14 @@ def _patch_heads_loop(model, clean, corr_z, metric) -> torch.Tensor:
     return torch.stack(out)
 
 
-def _patch_heads_batched(model, clean, corr_z, metric, max_batch: int) -> torch.Tensor:
-    """The same patches with the heads stacked along the batch: copy i of the prompts gets head i patched."""
-    from mechlab.hooks import hook_name
+def _patch_heads_batched(model, clean, corrupted, metric, max_batch: int) -> torch.Tensor:
+    """The same patches through :func:`mechlab.patching.activation_patching` (what the course uses): the heads are
+    stacked along the batch, ``max_batch`` sequences per pass."""
+    from mechlab.patching import activation_patching
 
-    batch, n_heads = clean.shape[0], model.cfg.n_heads
-    heads = [(layer, h) for layer in range(model.cfg.n_layers) for h in range(n_heads)]
-    per_pass = max(1, max_batch // batch)
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(heads), per_pass):
-            chunk = heads[start:start + per_pass]
-
-            def make_hook(layer, chunk=chunk):
-                def hook(act, hook):
-                    act = act.clone()
-                    for i, (item_layer, h) in enumerate(chunk):
-                        if item_layer == layer:
-                            act[i * batch:(i + 1) * batch, :, h] = corr_z[layer][:, :, h]
-                    return act
-                return hook
-
-            hooks = [(hook_name("z", layer), make_hook(layer)) for layer in sorted({x[0] for x in chunk})]
-            logits = model.run_with_hooks(clean.repeat(len(chunk), 1), fwd_hooks=hooks)
-            out.extend(metric(part).mean() for part in logits.split(batch))
-    return torch.stack(out)
+    result = activation_patching(model, clean, corrupted, metric, kind="z", direction="noising", per_position=False,
+                                 max_batch=max_batch, progress=False)
+    return result.values.to(clean.device)
 
 
 def _ig_loop(model, clean, corrupted, metric, steps: int) -> torch.Tensor:
@@ -194,7 +177,7 @@ def bench_model(name: str, *, batch: int, pos: int, steps: int, max_batch: int, 
         model.run_with_hooks(corrupted, fwd_hooks=[(n, lambda act, hook, n=n: corr_z.__setitem__(names[n], act))
                                                    for n in names])
     patch_loop_s, loop = _timed(lambda: _patch_heads_loop(model, clean, corr_z, metric), dev)
-    patch_batched_s, batched = _timed(lambda: _patch_heads_batched(model, clean, corr_z, metric, max_batch), dev)
+    patch_batched_s, batched = _timed(lambda: _patch_heads_batched(model, clean, corrupted, metric, max_batch), dev)
     patch_diff = float((loop - batched).abs().max())
 
     ig_loop_s, ig_ref = _timed(lambda: _ig_loop(model, clean, corrupted, metric, steps), dev)
