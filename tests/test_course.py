@@ -141,3 +141,23 @@ def test_pytest_collects_nbval_items_from_every_course_notebook():
                            "no:cacheprovider", *notebooks], cwd=ROOT, capture_output=True, text=True, timeout=120)
     collected = {line.split("::")[0] for line in proc.stdout.splitlines() if "::" in line}
     assert collected == set(notebooks), proc.stdout[-2000:] + proc.stderr[-2000:]
+
+
+def test_html_export_draws_plotly_figures_offline(tmp_path):
+    """A figure output holds only plotly's JSON (nbconvert cannot draw it): the exported page gets the figure as
+    HTML, with plotly.js inlined once and the committed notebook left untouched."""
+    import plotly.graph_objects as go
+
+    nb = nbformat.v4.new_notebook()
+    for y in ([3, 1, 2], [7, 8, 9]):
+        fig = go.Figure(go.Bar(y=y))
+        cell = nbformat.v4.new_code_cell("fig")
+        spec = {"application/vnd.plotly.v1+json": fig.to_plotly_json()}
+        cell.outputs = [nbformat.v4.new_output("display_data", data=spec)]
+        nb.cells.append(cell)
+    target = tmp_path / "page.html"
+    run.write_html(nb, target)
+    page = target.read_text()
+    assert page.count("Plotly.newPlot") == 2, "each figure must be drawn"
+    assert page.count("plotly.js v") == 1, "plotly.js must be inlined exactly once (offline, not per figure)"
+    assert "text/html" not in nb.cells[0].outputs[0].data

@@ -96,8 +96,32 @@ def run_one(path: Path, *, timeout: int, kernel: str) -> tuple[RunResult, object
     return RunResult(path, models_used(nb), seconds, ok=not error, error=error), nb
 
 
+def with_plotly_html(nb):
+    """A copy of ``nb`` in which every plotly figure output also carries ``text/html``, so the HTML export shows
+    the figures (nbconvert cannot render plotly's JSON mimetype). plotly.js is inlined once per file, so the
+    page works offline; the committed notebooks keep only the JSON."""
+    import copy
+
+    import plotly.io as pio
+
+    nb = copy.deepcopy(nb)
+    first = True
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            spec = data.get("application/vnd.plotly.v1+json")
+            if spec is None or "text/html" in data:
+                continue
+            fig = pio.from_json(json.dumps(spec), skip_invalid=True)
+            data["text/html"] = pio.to_html(fig, include_plotlyjs=first, full_html=False)
+            first = False
+    return nb
+
+
 def write_html(nb, target: Path) -> None:
     from nbconvert import HTMLExporter
+
+    nb = with_plotly_html(nb)
 
     body, _ = HTMLExporter().from_notebook_node(nb)
     target.write_text(body)
