@@ -60,7 +60,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from mechlab.hooks import FINAL_NORM_SCALE, HEAD_KINDS, check_layer, hook_name, n_heads_for
-from mechlab.patching import logit_diff_metric  # one metric for exact patching and its approximations
+from mechlab.patching import (
+    _metric_per_copy,
+    cache_acts,
+    logit_diff_metric,  # one metric for exact patching and its approximations
+)
 from mechlab.results import Labelled
 from mechlab.tokens import check_same_shape
 
@@ -114,29 +118,8 @@ def _prepare(model, clean, corrupted, direction, layers, freeze_final_scale):
 
 
 def _metric_values(metric: Metric, logits: Tensor, batch: int) -> Float[Tensor, " n"]:
-    """Apply ``metric`` to each copy of the batch (the methods expand the batch) and check what it returns."""
-    out = []
-    for chunk in logits.split(batch):
-        values = metric(chunk)
-        if not isinstance(values, Tensor) or values.shape != (batch,):
-            raise ValueError(f"metric returned {type(values).__name__} of shape {tuple(getattr(values, 'shape', ()))};"
-                             f" expected one number per prompt, shape ({batch},) (e.g. logit_diff_metric(...)).")
-        out.append(values.float())
-    return torch.cat(out)
-
-
-@torch.no_grad()
-def _cache(model, tokens, names: set[str], metric: Metric) -> tuple[dict[str, Tensor], Tensor]:
-    """One forward pass keeping only ``names`` (on the device, detached) and the per-prompt metric."""
-    cache: dict[str, Tensor] = {}
-
-    def keeper(name):  # keyed by our name: TL4 may report a hook under its canonical alias
-        def keep(act, hook):
-            cache[name] = act.detach()
-        return keep
-
-    logits = model.run_with_hooks(tokens, fwd_hooks=[(name, keeper(name)) for name in sorted(names)])
-    return cache, _metric_values(metric, logits, tokens.shape[0])
+    """Apply ``metric`` to each copy of the batch (the methods expand the batch), checked, as one flat vector."""
+    return _metric_per_copy(metric, logits, batch).flatten()
 
 
 def _scale_hook(frozen: Tensor | None):
@@ -209,7 +192,7 @@ def attribution_patching(
     kinds = _check_kinds(kinds)
     baseline, target, layers = _prepare(model, clean, corrupted, direction, layers, freeze_final_scale)
     names = {hook_name(k, layer): (k, layer) for k in kinds for layer in layers}
-    target_cache, metric_target = _cache(model, target, set(names), metric)
+    target_cache, metric_target = cache_acts(model, target, set(names), metric)
 
     base_acts: dict[str, Tensor] = {}
     deltas: dict[str, Tensor] = {}
@@ -297,8 +280,8 @@ def integrated_gradients(
     batch = baseline.shape[0]
     names = {layer: hook_name(kind, layer) for layer in layers}
     extra = {FINAL_NORM_SCALE} if freeze_final_scale else set()
-    base_cache, metric_base = _cache(model, baseline, set(names.values()) | extra, metric)
-    target_cache, metric_target = _cache(model, target, set(names.values()), metric)
+    base_cache, metric_base = cache_acts(model, baseline, set(names.values()) | extra, metric)
+    target_cache, metric_target = cache_acts(model, target, set(names.values()), metric)
 
     items = [(layer, alpha, weight) for layer in layers for alpha, weight in ig_alphas(steps)]
     per_pass = max(1, max_batch // batch)
@@ -387,8 +370,8 @@ def input_integrated_gradients(
     embed = hook_name("resid_pre", 0)
     names = {hook_name(k, layer): (k, layer) for k in kinds for layer in layers}
     extra = {FINAL_NORM_SCALE} if freeze_final_scale else set()
-    base_cache, metric_base = _cache(model, baseline, set(names) | {embed} | extra, metric)
-    target_cache, metric_target = _cache(model, target, set(names) | {embed}, metric)
+    base_cache, metric_base = cache_acts(model, baseline, set(names) | {embed} | extra, metric)
+    target_cache, metric_target = cache_acts(model, target, set(names) | {embed}, metric)
     grad_sum = {name: torch.zeros_like(base_cache[name], dtype=torch.float32) for name in names}
 
     pairs = ig_alphas(steps)
