@@ -79,18 +79,29 @@ SUBSET_CHECKS = {  # target -> (does the subset meet it?, result group, key of t
 }
 
 
+# What the shipped checkpoint meets, written down here (not read from evaluation.json) so that a new checkpoint
+# or a re-run of evaluate that loses a target fails a test instead of quietly turning it into an xfail.
+EXPECTED_MET = {"ioi_accuracy": True, "ioi_logit_diff": True, "induction": True, "prontoqa_answer": False,
+                "prontoqa_cot": False, "self_repair": False}
+
+
+def test_evaluation_claims_what_the_tests_expect(evaluation):
+    assert evaluation["targets_met"] == EXPECTED_MET, "update EXPECTED_MET with the card, or re-run evaluate"
+
+
 @pytest.mark.parametrize("target", list(SUBSET_CHECKS))
 def test_targets_on_a_fast_subset(subset, evaluation, target):
-    """Every target the card claims is met holds on a fresh held-out subset; a target the card reports as
-    missed must be missed on the subset too (then the test is an expected failure, pointing at the card)."""
+    """Every target the shipped checkpoint meets holds on a fresh held-out subset; a target it misses must be
+    missed on the subset too (then the test is an expected failure that states the card's number)."""
     from mechlab.organism import evaluate as ev
 
     met, group, key = SUBSET_CHECKS[target](subset, ev.TARGETS)
-    claimed = evaluation["targets_met"][target]
-    assert met == claimed, (f"{target}: the fast subset gives {subset[group][key]:.3f} but the card says "
-                            f"{evaluation[group][key]:.3f} ({'met' if claimed else 'not met'}); re-run evaluate")
-    if not claimed:
-        pytest.xfail(f"{target} is not reached by the shipped checkpoint ({evaluation[group][key]:.3f}); see the card")
+    expected = EXPECTED_MET[target]
+    assert met == expected, (f"{target}: the fast subset gives {subset[group][key]:.3f} but the card says "
+                             f"{evaluation[group][key]:.3f} ({'met' if expected else 'not met'}); re-run evaluate")
+    if not expected:
+        pytest.xfail(f"{target} is not reached by the shipped checkpoint: {key} = {evaluation[group][key]:.3f} "
+                     f"(subset {subset[group][key]:.3f}); see the card")
 
 
 def test_card_matches_recomputation(organism, evaluation):
@@ -136,8 +147,13 @@ def test_self_repair_claim(organism, evaluation):
     drop = float((logit_diff(base, clean.answer, clean.wrong) - logit_diff(patched, clean.answer, clean.wrong)).mean())
     assert drop == pytest.approx(claim["total_effect"], abs=1e-3)
     assert abs(drop) > 0.05  # the patch changes the output
-    assert evaluation["targets_met"]["self_repair"] == (claim["top_direct_effect"] > 1.0
-                                                        and drop < 0.8 * claim["top_direct_effect"])
+    met = claim["top_direct_effect"] > 1.0 and drop < 0.8 * claim["top_direct_effect"]
+    assert evaluation["targets_met"]["self_repair"] == met
+    assert met == EXPECTED_MET["self_repair"]
+    if not met:
+        pytest.xfail(f"self-repair is not reached: top head {claim['top_name_mover']} has direct effect "
+                     f"{claim['top_direct_effect']:.2f} and ablating it costs {drop:.2f} (goal: direct > 1 and "
+                     "cost < 0.8 x direct); see the card")
 
 
 def test_training_smoke_lowers_the_loss(tmp_path):

@@ -25,17 +25,20 @@ from mechlab.data import filler, ioi, prontoqa
 class Mix:
     """Relative weights of document kinds (normalised when drawn) and their shapes."""
 
-    ioi: float = 0.35  # an IOI sentence with its answer
-    prontoqa: float = 0.20  # a compact PrOntoQA problem with its proof
+    ioi: float = 0.30  # an IOI sentence with its answer
+    prontoqa: float = 0.30  # a compact PrOntoQA problem with its proof
     induction: float = 0.30  # a random token sequence repeated twice
-    filler: float = 0.15  # plain grammar text
+    filler: float = 0.10  # plain grammar text
     prontoqa_hops: tuple = (1, 2)  # hops of the training problems
     prontoqa_distractors: tuple = (1, 3)  # range of distractor facts
     induction_len: tuple = (8, 30)  # range of the half length of induction sequences
+    overflow: str = "induction"  # what tops up a row when the drawn document does not fit: "induction" or "filler"
 
     def kinds(self) -> tuple[list[str], list[float]]:
         names = ["ioi", "prontoqa", "induction", "filler"]
         weights = [getattr(self, k) for k in names]
+        if self.overflow not in ("induction", "filler"):
+            raise ValueError(f"Mix.overflow={self.overflow!r}: expected 'induction' or 'filler'.")
         if min(weights) < 0 or sum(weights) <= 0:
             raise ValueError(f"Mix weights {dict(zip(names, weights, strict=True))}: expected non-negative numbers "
                              "with a positive sum.")
@@ -78,8 +81,10 @@ def text_documents(n: int, *, seed: int = 0, mix: Mix | None = None) -> list[str
 
 def pack_batch(tokenizer, mix: Mix, *, batch: int, seq_len: int, rng: random.Random) -> Int[Tensor, "batch pos"]:
     """``batch`` rows of ``seq_len`` tokens: documents drawn by weight, each preceded by ``<|endoftext|>``,
-    packed until the row is full. A document that would overflow the row is replaced by filler text, which is
-    cut at the row's end, so IOI and PrOntoQA documents are never truncated (when they fit in ``seq_len``)."""
+    packed until the row is full. A document that would overflow the row is replaced by one that fits
+    (``mix.overflow``): a repeated random sequence sized to the room left (at least 4 tokens a half), else
+    filler text cut at the row's end. So IOI and PrOntoQA documents are never truncated (when they fit in
+    ``seq_len``), and the room they leave goes to induction data rather than to filler."""
     names, weights = mix.kinds()
     bos = tokenizer.bos_token_id
     pool = [i for i in range(len(tokenizer)) if i != bos]
@@ -93,8 +98,14 @@ def pack_batch(tokenizer, mix: Mix, *, batch: int, seq_len: int, rng: random.Ran
                 ids = half + half
             else:
                 ids = tokenizer(text_document(kind, rng, mix), add_special_tokens=False)["input_ids"]
-            if row and len(row) + 1 + len(ids) > seq_len:  # keep proofs whole: top the row up with filler
-                ids = tokenizer(text_document("filler", rng, mix), add_special_tokens=False)["input_ids"]
+            if row and len(row) + 1 + len(ids) > seq_len:  # keep proofs whole: top the row up
+                half_room = (seq_len - len(row) - 1) // 2
+                if mix.overflow == "induction" and half_room >= 4:
+                    half = [rng.choice(pool) for _ in range(rng.randint(min(4, half_room), min(half_room,
+                                                                                            mix.induction_len[1])))]
+                    ids = half + half
+                else:
+                    ids = tokenizer(text_document("filler", rng, mix), add_special_tokens=False)["input_ids"]
             row += [bos] + ids
         rows.append(row[:seq_len])
     return torch.tensor(rows, dtype=torch.long)

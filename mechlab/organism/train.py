@@ -35,7 +35,7 @@ class TrainConfig:
     """Everything that decides the trained weights (plus the device, which should not)."""
 
     seed: int = 0  # seeds the tokenizer corpus, the init, dropout and the batches
-    steps: int = 4000  # optimizer steps
+    steps: int = 12000  # optimizer steps
     batch: int = 16  # rows per step
     seq_len: int = 128  # tokens per row (also the model's context length)
     n_layer: int = 3  # transformer blocks
