@@ -1,5 +1,5 @@
 """DLA, AtP / IG and attention patterns for the subtask pairs of :mod:`mechlab.cot_pairs`, aggregated as the seed
-notebook did (mean over problems, and for AtP the max over each problem's positions), with figure builders.
+notebook did (mean over problems, and for AtP the max over each problem's positions).
 
 - :func:`dla_subtask`: direct logit attribution at each pair's decision (clean run), batched over problems
   (right-padded; each row read at its own position). Per problem, the components sum to its logit difference.
@@ -11,12 +11,13 @@ notebook did (mean over problems, and for AtP the max over each problem's positi
   effect on all of them together and cannot be split per query head.
 - :func:`head_patterns`: the attention patterns of chosen heads on one pair's last positions.
 
-Figures (:func:`figure_dla`, :func:`figure_atp`, :func:`figure_qkv`, :func:`figure_position_map`,
-:func:`figure_patterns`) only arrange results; they never compute and never show.
+Their figures are in :mod:`mechlab.plot.cot` (``figure_dla``, ``figure_atp``, ``figure_qkv``,
+``figure_position_map``); head patterns draw with ``mechlab.plot.attention_heatmaps``.
 
 Example::
 
-    from mechlab.cot_analysis import dla_subtask, atp_subtask, figure_dla
+    from mechlab.cot_analysis import dla_subtask, atp_subtask
+    from mechlab.plot import figure_dla
     dla = dla_subtask(model, pairs)          # pairs: a PairSet from mechlab.cot_pairs.build_pairs
     dla.mean().top(5)
     figure_dla(dla)
@@ -30,10 +31,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import plotly.graph_objects as go
 import torch
 from jaxtyping import Float
-from plotly.subplots import make_subplots
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -264,99 +263,5 @@ def head_patterns(model, pair: CotPair, heads: Sequence[str], *, last: int = 32
     return pats, [str(s) for s in strs]
 
 
-# ---------------------------------------------------------------------------------------------------------
-# figures (arrange results; never compute, never show)
-
-
-def _heat(z, x, y, zmax, name=""):
-    return go.Heatmap(z=z, x=x, y=y, zmin=-zmax, zmax=zmax, zmid=0, colorscale="RdBu_r", coloraxis="coloraxis",
-                      hovertemplate=name + "%{y} %{x}: %{z:.3g}<extra></extra>")
-
-
-def _zmax(*tensors) -> float:
-    return max(float(t.abs().max()) for t in tensors if t.numel()) or 1.0
-
-
-def figure_dla(dla: SubtaskDLA, *, title: str = "") -> go.Figure:
-    """Three panels as in the seed: accumulated residual stream, MLP outputs, heads ([layer, head])."""
-    resid = dla.resid.values[:, None].numpy()
-    mlp = dla.mlps()[:, None].numpy()
-    heads = dla.heads().numpy()
-    zmax = _zmax(dla.resid.values, dla.mlps(), dla.heads())
-    layers = [f"L{i}" for i in range(dla.n_layers)]
-    fig = make_subplots(1, 3, subplot_titles=("residual stream (accumulated)", "MLP", "attention heads"),
-                        column_widths=[0.15, 0.15, 0.7])
-    fig.add_trace(_heat(resid, ["resid"], dla.resid.labels, zmax), 1, 1)
-    fig.add_trace(_heat(mlp, ["mlp"], layers, zmax), 1, 2)
-    fig.add_trace(_heat(heads, [f"H{h}" for h in range(dla.n_heads)], layers, zmax), 1, 3)
-    fig.update_yaxes(autorange="reversed")
-    fig.update_layout(title=title or f"DLA, {dla.subtask}: mean over {dla.n_problems} problems (logit diff)",
-                      coloraxis=dict(colorscale="RdBu_r", cmid=0, cmin=-zmax, cmax=zmax), height=420, width=1000)
-    return fig
-
-
-def figure_atp(atp: SubtaskAtP, n_layers: int, *, title: str = "") -> go.Figure:
-    """resid_pre / mlp_out / heads (z) panels of an AtP result, as in the seed's aggregate plots."""
-    panels = [k for k in ("resid_pre", "mlp_out", "z") if k in atp.per_problem]
-    if not panels:
-        raise ValueError(f"figure_atp needs resid_pre, mlp_out or z; this result holds {list(atp.per_problem)}.")
-    grids = [atp.grid(k, n_layers) for k in panels]
-    zmax = _zmax(*grids)
-    fig = make_subplots(1, len(panels), subplot_titles=panels,
-                        column_widths=[0.7 if k == "z" else 0.15 for k in panels])
-    layers = [f"L{i}" for i in range(n_layers)]
-    for i, (k, g) in enumerate(zip(panels, grids, strict=True), start=1):
-        x = [f"H{h}" for h in range(g.shape[1])] if k == "z" else [k]
-        fig.add_trace(_heat(g.numpy(), x, layers, zmax), 1, i)
-    fig.update_yaxes(autorange="reversed")
-    fig.update_layout(title=title or f"{atp.method.upper()}, {atp.subtask}: {atp.reduce} over positions, mean over "
-                      f"{atp.n_problems} problems", coloraxis=dict(colorscale="RdBu_r", cmin=-zmax, cmax=zmax),
-                      height=420, width=1000)
-    return fig
-
-
-def figure_qkv(atp: SubtaskAtP, n_layers: int, *, title: str = "") -> go.Figure:
-    """Queries per query head, keys and values per K/V head (one column in a multi-query model)."""
-    panels = [k for k in ("q", "k", "v") if k in atp.per_problem]
-    if not panels:
-        raise ValueError(f"figure_qkv needs q, k or v; this result holds {list(atp.per_problem)}.")
-    grids = [atp.grid(k, n_layers) for k in panels]
-    zmax = _zmax(*grids)
-    fig = make_subplots(1, len(panels), subplot_titles=[f"{k} ({g.shape[1]} head{'s' if g.shape[1] > 1 else ''})"
-                                                        for k, g in zip(panels, grids, strict=True)],
-                        column_widths=[max(0.12, g.shape[1] / sum(x.shape[1] for x in grids)) for g in grids])
-    layers = [f"L{i}" for i in range(n_layers)]
-    for i, (k, g) in enumerate(zip(panels, grids, strict=True), start=1):
-        tag = "KV" if k in ("k", "v") and g.shape[1] != grids[0].shape[1] else "H"
-        fig.add_trace(_heat(g.numpy(), [f"{tag}{h}" for h in range(g.shape[1])], layers, zmax), 1, i)
-    fig.update_yaxes(autorange="reversed")
-    fig.update_layout(title=title or f"{atp.method.upper()} on queries, keys, values, {atp.subtask}",
-                      coloraxis=dict(colorscale="RdBu_r", cmin=-zmax, cmax=zmax), height=420, width=1000)
-    return fig
-
-
-def figure_position_map(result: Labelled, tokens: Sequence[str], *, last: int = 40, title: str = "") -> go.Figure:
-    """One problem's [component, pos] map over its ``last`` positions, x labelled by token."""
-    values = result.values[:, -last:]
-    toks = list(tokens)[-values.shape[1]:]
-    x = [f"{i}: {t!r}"[:20] for i, t in enumerate(toks, start=len(tokens) - len(toks))]
-    zmax = _zmax(values)
-    fig = go.Figure(_heat(values.numpy(), x, result.labels, zmax))
-    fig.update_yaxes(autorange="reversed")
-    fig.update_layout(title=title or f"{result.meta.get('method', '')} per position ({result.meta.get('kind', '')})",
-                      coloraxis=dict(colorscale="RdBu_r", cmin=-zmax, cmax=zmax), height=300 + 12 * len(result),
-                      width=1000)
-    return fig
-
-
-def figure_patterns(patterns: Float[Tensor, "head query_pos key_pos"], tokens: Sequence[str],
-                    heads: Sequence[str], *, title: str = "") -> go.Figure:
-    """Heatmaps of the heads' patterns (``mechlab.plot.attention.attention_heatmaps``), colour scale 0..1."""
-    from mechlab.plot.attention import attention_heatmaps
-
-    return attention_heatmaps(patterns, tokens, head_names=list(heads), title=title, cols=3)
-
-
 __all__ = ["ATP_KINDS", "SubtaskAtP", "SubtaskDLA", "aggregate_positions", "atp_subtask", "dla_subtask",
-           "figure_atp", "figure_dla", "figure_patterns", "figure_position_map", "figure_qkv", "head_patterns",
-           "reduce_positions", "top_heads"]
+           "head_patterns", "reduce_positions", "top_heads"]

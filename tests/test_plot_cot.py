@@ -1,0 +1,51 @@
+"""Unit 07's figures arrange results faithfully: each panel holds its grid's numbers with the right labels, and all
+panels share one colour scale centred on 0 (so red and blue mean the same size everywhere)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from mechlab.plot.cot import figure_dla, figure_position_map, figure_qkv
+from mechlab.results import Labelled
+
+
+def _atp(grids: dict[str, torch.Tensor]):
+    return SimpleNamespace(per_problem=dict.fromkeys(grids), grid=lambda k, n_layers: grids[k], method="atp",
+                           subtask="S1", reduce="max", n_problems=3)
+
+
+def test_qkv_panels_of_a_multi_query_model():
+    g = torch.Generator().manual_seed(0)
+    grids = {"q": torch.randn(2, 4, generator=g), "k": torch.randn(2, 1, generator=g),
+             "v": 5 * torch.randn(2, 1, generator=g)}
+    fig = figure_qkv(_atp(grids), 2)
+    assert [list(t.x) for t in fig.data] == [["H0", "H1", "H2", "H3"], ["KV0"], ["KV0"]]
+    for trace, grid in zip(fig.data, grids.values(), strict=True):
+        np.testing.assert_allclose(np.asarray(trace.z), grid.numpy())
+        assert list(trace.y) == ["L0", "L1"]
+    zmax = max(float(x.abs().max()) for x in grids.values())
+    assert fig.layout.coloraxis.cmin == pytest.approx(-zmax) and fig.layout.coloraxis.cmax == pytest.approx(zmax)
+    with pytest.raises(ValueError, match="needs q, k or v"):
+        figure_qkv(_atp({"z": grids["q"]}), 2)
+
+
+def test_dla_panels_and_position_map():
+    heads = torch.tensor([[1.0, -2.0], [0.5, 3.0]])
+    resid = Labelled(torch.tensor([0.1, 0.4, 2.5]), ["L0 resid_pre", "L1 resid_pre", "final"])
+    dla = SimpleNamespace(resid=resid, mlps=lambda: torch.tensor([0.2, -4.0]), heads=lambda: heads, n_layers=2,
+                          n_heads=2, subtask="S2", n_problems=5)
+    fig = figure_dla(dla)
+    assert [list(t.x) for t in fig.data] == [["resid"], ["mlp"], ["H0", "H1"]]
+    assert list(fig.data[0].y) == resid.labels
+    np.testing.assert_allclose(np.asarray(fig.data[2].z), heads.numpy())
+    assert fig.layout.coloraxis.cmax == pytest.approx(4.0)
+
+    values = torch.arange(12.0).reshape(2, 6)
+    result = Labelled(values, ["L0H0", "L0H1"], axes=("component", "pos"))
+    fig = figure_position_map(result, ["a", "b", "c", "d", "e", "f"], last=3)
+    assert list(fig.data[0].x) == ["3: 'd'", "4: 'e'", "5: 'f'"]
+    np.testing.assert_allclose(np.asarray(fig.data[0].z), values[:, -3:].numpy())
