@@ -68,31 +68,22 @@ def induction_metrics(model, n: int = 50, half_len: int = 20, *, seed: int = HEL
             "second_half_loss": float(nll[:, batch.second_half].mean()), "n": n, "half_len": half_len}
 
 
-def greedy_continuations(model, prompts: list[str], max_new_tokens: int = 64) -> list[str]:
-    """Greedy continuations of ``prompts`` with the HF model under the bridge (KV cache, left padding)."""
-    hf, tok = model.original_model, model.tokenizer
-    tok.padding_side = "left"
-    enc = tok([tok.bos_token + p for p in prompts], return_tensors="pt", padding=True, add_special_tokens=False)
-    enc = {k: v.to(model.cfg.device) for k, v in enc.items()}
-    room = hf.config.n_positions - enc["input_ids"].shape[1]
-    if room < 8:
-        raise ValueError(f"prompts are {enc['input_ids'].shape[1]} tokens; the model's context is "
-                         f"{hf.config.n_positions}. Use fewer distractor facts.")
-    with torch.no_grad():
-        out = hf.generate(**enc, max_new_tokens=min(max_new_tokens, room), do_sample=False,
-                          pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-    return tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-
-
 def prontoqa_metrics(model, n: int = 100, *, hops=(1, 2), n_distractors: int = 3, seed: int = HELD_OUT_SEED,
-                     batch: int = 50) -> dict[str, float]:
-    """Greedy-generation answer accuracy and exact-CoT accuracy on ``n`` held-out compact problems."""
+                     batch: int = 50) -> dict:
+    """Greedy-generation answer accuracy and exact-CoT accuracy on ``n`` held-out compact problems, overall
+    and per number of hops (``by_hops``). Generation is :func:`mechlab.generate.generate` (KV cache, left
+    padding), stopped at the answer."""
+    from mechlab.generate import generate
+
     problems = prontoqa.make_problems(n, hops=hops, seed=seed, n_distractors=n_distractors, style="compact")
-    preds: list[str] = []
-    for i in range(0, n, batch):
-        chunk = problems[i:i + batch]
-        preds += greedy_continuations(model, [prontoqa.render(p, "compact", with_proof=False) for p in chunk])
-    out = prontoqa.grade_many(preds, problems)
+    prompts = [prontoqa.render(p, "compact", with_proof=False) for p in problems]
+    preds = generate(model, prompts, max_new_tokens=64, stop=["Answer: True", "Answer: False"], batch_size=batch,
+                     prepend_bos=True, progress=False).texts
+    out: dict = prontoqa.grade_many(preds, problems)
+    out["by_hops"] = {}
+    for h in sorted({p.hops for p in problems}):
+        idx = [i for i, p in enumerate(problems) if p.hops == h]
+        out["by_hops"][str(h)] = prontoqa.grade_many([preds[i] for i in idx], [problems[i] for i in idx])
     out["example"] = preds[0]
     return out
 
