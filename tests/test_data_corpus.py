@@ -67,3 +67,26 @@ def test_overflow_filler_is_the_old_behaviour():
     assert not any(_is_repeat(doc) for row in x.tolist() for doc in _documents(row))
     with pytest.raises(ValueError, match="overflow"):
         Mix(overflow="padding").kinds()
+
+
+def test_small_alphabet_repeats_need_two_tokens_of_context():
+    """``induction_small_alphabet=1``: every repeat is drawn from 4-12 tokens, so one token of context is
+    ambiguous (it recurs with different successors) while the sequence still repeats exactly."""
+    tok = CharTokenizer()
+    small = Mix(ioi=0.0, prontoqa=0.0, induction=1.0, filler=0.0, induction_small_alphabet=1.0)
+    wide = Mix(ioi=0.0, prontoqa=0.0, induction=1.0, filler=0.0)
+    ambiguous = 0
+    for row in pack_batch(tok, small, batch=16, seq_len=128, rng=random.Random(1)).tolist():
+        for doc in _documents(row)[:-1]:
+            assert _is_repeat(doc)
+            half = doc[:len(doc) // 2]
+            assert len(set(half)) <= 12
+            successors: dict = {}
+            for a, b in zip(half[:-1], half[1:], strict=True):
+                successors.setdefault(a, set()).add(b)
+            ambiguous += any(len(s) > 1 for s in successors.values())
+    assert ambiguous > 10
+    wide_sizes = [len(set(d[:len(d) // 2])) for row in pack_batch(tok, wide, batch=16, seq_len=128,
+                                                                   rng=random.Random(1)).tolist()
+                  for d in _documents(row)[:-1]]
+    assert max(wide_sizes) > 12  # the default draws from the whole vocabulary

@@ -32,6 +32,9 @@ class Mix:
     prontoqa_hops: tuple = (1, 2)  # hops of the training problems
     prontoqa_distractors: tuple = (1, 3)  # range of distractor facts
     induction_len: tuple = (8, 30)  # range of the half length of induction sequences
+    induction_small_alphabet: float = 0.0  # share of induction sequences drawn from a few tokens only
+    small_alphabet: tuple = (4, 12)  # range of the alphabet size of those: a single token is then ambiguous,
+    # so only the last two tokens tell what came next (2-gram induction, the look-up a proof step needs)
     overflow: str = "induction"  # what tops up a row when the drawn document does not fit: "induction" or "filler"
 
     def kinds(self) -> tuple[list[str], list[float]]:
@@ -88,22 +91,27 @@ def pack_batch(tokenizer, mix: Mix, *, batch: int, seq_len: int, rng: random.Ran
     names, weights = mix.kinds()
     bos = tokenizer.bos_token_id
     pool = [i for i in range(len(tokenizer)) if i != bos]
+
+    def repeat(lo: int, hi: int) -> list[int]:
+        alphabet = pool
+        if mix.induction_small_alphabet and rng.random() < mix.induction_small_alphabet:
+            alphabet = rng.sample(pool, rng.randint(*mix.small_alphabet))
+        half = [rng.choice(alphabet) for _ in range(rng.randint(lo, hi))]
+        return half + half
+
     rows = []
     for _ in range(batch):
         row: list[int] = []
         while len(row) < seq_len:
             kind = rng.choices(names, weights=weights)[0]
             if kind == "induction":
-                half = [rng.choice(pool) for _ in range(rng.randint(*mix.induction_len))]
-                ids = half + half
+                ids = repeat(*mix.induction_len)
             else:
                 ids = tokenizer(text_document(kind, rng, mix), add_special_tokens=False)["input_ids"]
             if row and len(row) + 1 + len(ids) > seq_len:  # keep proofs whole: top the row up
                 half_room = (seq_len - len(row) - 1) // 2
                 if mix.overflow == "induction" and half_room >= 4:
-                    half = [rng.choice(pool) for _ in range(rng.randint(min(4, half_room), min(half_room,
-                                                                                            mix.induction_len[1])))]
-                    ids = half + half
+                    ids = repeat(min(4, half_room), min(half_room, mix.induction_len[1]))
                 else:
                     ids = tokenizer(text_document("filler", rng, mix), add_special_tokens=False)["input_ids"]
             row += [bos] + ids

@@ -21,6 +21,7 @@ import math
 import platform
 import random
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -43,6 +44,7 @@ class TrainConfig:
     n_head: int = 4  # heads per block (d_head = n_embd / n_head)
     attn_pdrop: float = 0.05  # attention-pattern dropout: pushes the model towards redundant heads
     resid_pdrop: float = 0.05  # dropout on each block's writes to the residual stream
+    head_pdrop: float = 0.0  # drops a whole head's output (per row), so no job may rest on one head alone
     lr: float = 3e-3  # peak learning rate (AdamW)
     warmup: int = 100  # linear warm-up steps, then cosine decay to lr / 10
     weight_decay: float = 0.05  # AdamW weight decay
@@ -61,6 +63,32 @@ def build_model(cfg: TrainConfig, vocab_size: int, bos: int):
                         n_head=cfg.n_head, attn_pdrop=cfg.attn_pdrop, resid_pdrop=cfg.resid_pdrop, embd_pdrop=0.0,
                         bos_token_id=bos, eos_token_id=bos, pad_token_id=bos)
     return GPT2LMHeadModel(config)
+
+
+@contextmanager
+def head_dropout(model, p: float):
+    """Within the scope, training-mode forwards zero each head's output with probability ``p`` per row and head
+    (scaling the kept ones by 1 / (1 - p)), before the output projection: DropHead (Zhou et al., 2020).
+    A head that is sometimes missing makes the rest of the network learn to do its job too."""
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"head_pdrop={p}: expected a probability in [0, 1).")
+    n_head = model.config.n_head
+
+    def drop(module, args):
+        (x,) = args  # [batch, pos, n_head * d_head]: the heads' outputs, concatenated
+        if not module.training or p == 0.0:
+            return None
+        b, _, width = x.shape
+        keep = torch.rand(b, 1, n_head, 1, device=x.device) >= p
+        x = x.view(b, -1, n_head, width // n_head) * keep / (1.0 - p)
+        return (x.view(b, -1, width),)
+
+    handles = [block.attn.c_proj.register_forward_pre_hook(drop) for block in model.transformer.h]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -97,24 +125,25 @@ def train(cfg: TrainConfig, out: Path | str = CHECKPOINT_DIR, *, device: str = "
     running, steps_done = None, 0
     model.train()
     bar = tqdm(range(cfg.steps), desc="training the organism", disable=not progress)
-    for step in bar:
-        tokens = pack_batch(tok, cfg.mix, batch=cfg.batch, seq_len=cfg.seq_len, rng=rng).to(device)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        loss = model(input_ids=tokens, labels=tokens).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        value = float(loss.detach())
-        running = value if running is None else 0.95 * running + 0.05 * value
-        steps_done = step + 1
-        if step % cfg.log_every == 0 or step == cfg.steps - 1:
-            losses.append((step, round(value, 4)))
-            bar.set_postfix(loss=f"{running:.3f}")
-        if max_seconds is not None and time.time() - start > max_seconds:
-            losses.append((step, round(value, 4)))
-            break
+    with head_dropout(model, cfg.head_pdrop):
+        for step in bar:
+            tokens = pack_batch(tok, cfg.mix, batch=cfg.batch, seq_len=cfg.seq_len, rng=rng).to(device)
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, cfg)
+            loss = model(input_ids=tokens, labels=tokens).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            value = float(loss.detach())
+            running = value if running is None else 0.95 * running + 0.05 * value
+            steps_done = step + 1
+            if step % cfg.log_every == 0 or step == cfg.steps - 1:
+                losses.append((step, round(value, 4)))
+                bar.set_postfix(loss=f"{running:.3f}")
+            if max_seconds is not None and time.time() - start > max_seconds:
+                losses.append((step, round(value, 4)))
+                break
     model.eval()
     model.to("cpu")
     model.config.attn_pdrop = cfg.attn_pdrop  # kept in the config as a record; eval() switches dropout off
