@@ -26,13 +26,13 @@ class Mix:
     """Relative weights of document kinds (normalised when drawn) and their shapes."""
 
     ioi: float = 0.30  # an IOI sentence with its answer
-    prontoqa: float = 0.30  # a compact PrOntoQA problem with its proof
-    induction: float = 0.30  # a random token sequence repeated twice
-    filler: float = 0.10  # plain grammar text
+    prontoqa: float = 0.55  # a compact PrOntoQA problem with its proof
+    induction: float = 0.10  # a random token sequence repeated twice (rows are also topped up with these)
+    filler: float = 0.05  # plain grammar text
     prontoqa_hops: tuple = (1, 2)  # hops of the training problems
     prontoqa_distractors: tuple = (1, 3)  # range of distractor facts
     induction_len: tuple = (8, 30)  # range of the half length of induction sequences
-    induction_small_alphabet: float = 0.0  # share of induction sequences drawn from a few tokens only
+    induction_small_alphabet: float = 0.5  # share of induction sequences drawn from a few tokens only
     small_alphabet: tuple = (4, 12)  # range of the alphabet size of those: a single token is then ambiguous,
     # so only the last two tokens tell what came next (2-gram induction, the look-up a proof step needs)
     overflow: str = "induction"  # what tops up a row when the drawn document does not fit: "induction" or "filler"

@@ -2,8 +2,10 @@
 
 A GPT-2-architecture model (HF ``GPT2LMHeadModel``, so it loads through ``TransformerBridge`` like GPT-2) trained
 from scratch on the mixed corpus of :mod:`mechlab.data.corpus`. Seeded end to end: the tokenizer corpus, the
-initial weights, dropout and every batch come from ``TrainConfig.seed``. Attention and residual dropout make
-the model spread each job over several heads, which is where the IOI backup heads come from.
+initial weights, dropout and every batch come from ``TrainConfig.seed``. DropHead (a whole head's output
+dropped now and then, :func:`head_dropout`) makes the model spread each job over several heads and gives the
+rest of the network a reason to make up for a missing one: that is where the organism's IOI self-repair
+comes from (see the model card).
 
 Writes to ``--out`` (default: the shipped checkpoint folder): ``config.json``, ``model.safetensors``, the
 tokenizer files, and ``training.json`` (seed, config, wall-clock time, device, loss curve) for the model card.
@@ -44,7 +46,7 @@ class TrainConfig:
     n_head: int = 4  # heads per block (d_head = n_embd / n_head)
     attn_pdrop: float = 0.05  # attention-pattern dropout: pushes the model towards redundant heads
     resid_pdrop: float = 0.05  # dropout on each block's writes to the residual stream
-    head_pdrop: float = 0.0  # drops a whole head's output (per row), so no job may rest on one head alone
+    head_pdrop: float = 0.1  # drops a whole head's output (per row), so no job may rest on one head alone
     lr: float = 3e-3  # peak learning rate (AdamW)
     warmup: int = 100  # linear warm-up steps, then cosine decay to lr / 10
     weight_decay: float = 0.05  # AdamW weight decay
