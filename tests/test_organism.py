@@ -81,8 +81,8 @@ SUBSET_CHECKS = {  # target -> (does the subset meet it?, result group, key of t
 
 # What the shipped checkpoint meets, written down here (not read from evaluation.json) so that a new checkpoint
 # or a re-run of evaluate that loses a target fails a test instead of quietly turning it into an xfail.
-EXPECTED_MET = {"ioi_accuracy": True, "ioi_logit_diff": True, "induction": True, "prontoqa_answer": False,
-                "prontoqa_cot": False, "self_repair": False}
+EXPECTED_MET = {"ioi_accuracy": True, "ioi_logit_diff": True, "induction": True, "prontoqa_answer": True,
+                "prontoqa_cot": True, "self_repair": True}
 
 
 def test_evaluation_claims_what_the_tests_expect(evaluation):
@@ -143,9 +143,28 @@ def test_self_repair_claim(organism, evaluation):
             z[:, :, head] = cache[name][:, :, head]
             return z
 
-        patched = organism.run_with_hooks(clean.tokens, fwd_hooks=[(name, patch)])[rows, clean.end]
-    drop = float((logit_diff(base, clean.answer, clean.wrong) - logit_diff(patched, clean.answer, clean.wrong)).mean())
+        scales = {}
+
+        def keep_scale(s, hook):
+            scales[len(scales)] = s[rows, clean.end, 0]
+
+        organism.run_with_hooks(clean.tokens, fwd_hooks=[("ln_final.hook_scale", keep_scale)])
+        patched = organism.run_with_hooks(clean.tokens, fwd_hooks=[(name, patch), ("ln_final.hook_scale",
+                                                                                   keep_scale)])[rows, clean.end]
+    ld_patched = logit_diff(patched, clean.answer, clean.wrong)
+    drop = float((logit_diff(base, clean.answer, clean.wrong) - ld_patched).mean())
     assert drop == pytest.approx(claim["total_effect"], abs=1e-3)
+    # the LayerNorm share, by algebra instead of the evaluation's frozen-scale rerun: logit diff = x / scale + b,
+    # so freezing the scale at its clean value changes it by (ld - b) * (1 - scale_ablated / scale_clean)
+    with torch.no_grad():
+        direction = organism.W_U[:, clean.answer] - organism.W_U[:, clean.wrong]
+        b = organism.original_model.transformer.ln_f.bias @ direction
+    ln_part = float(((ld_patched - b) * (1 - scales[1] / scales[0])).mean())
+    assert ln_part == pytest.approx(claim["compensation_layernorm"], abs=1e-3)
+    assert claim["compensation_components"] == pytest.approx(claim["compensation"] - ln_part, abs=1e-3)
+    # the frozen-scale rerun and the per-component direct effects (heads and MLPs) account for the same change
+    assert sum(claim["dla_change_when_ablated"].values()) == pytest.approx(claim["compensation_components"],
+                                                                           abs=1e-3)
     assert abs(drop) > 0.05  # the patch changes the output
     met = claim["top_direct_effect"] > 1.0 and drop < 0.8 * claim["top_direct_effect"]
     assert evaluation["targets_met"]["self_repair"] == met

@@ -88,27 +88,33 @@ def prontoqa_metrics(model, n: int = 100, *, hops=(1, 2), n_distractors: int = 3
     return out
 
 
-def _z_and_scale(model, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """z of every layer [layer, batch, pos, head, d_head], the final-norm scale, and the logits."""
-    z_names = [hook_name("z", layer) for layer in range(model.cfg.n_layers)]
-    with torch.no_grad():
-        logits, cache = model.run_with_cache(tokens, names_filter=names_filter(model, ["z"],
+def _z_and_scale(model, tokens: Tensor, fwd_hooks=()) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """z of every layer [layer, batch, pos, head, d_head], the final-norm scale, the logits and every MLP's
+    output [layer, batch, pos, d_model] (with ``fwd_hooks`` active)."""
+    layers = range(model.cfg.n_layers)
+    with torch.no_grad(), model.hooks(fwd_hooks=list(fwd_hooks)):
+        logits, cache = model.run_with_cache(tokens, names_filter=names_filter(model, ["z", "mlp_out"],
                                                                                 extra=["ln_final.hook_scale"]))
-    return torch.stack([cache[n] for n in z_names]), cache["ln_final.hook_scale"], logits
+    return (torch.stack([cache[hook_name("z", la)] for la in layers]), cache["ln_final.hook_scale"], logits,
+            torch.stack([cache[hook_name("mlp_out", la)] for la in layers]))
+
+
+def _through_final_norm(model, out: Tensor, scale: Tensor, batch: ioi.IOIBatch) -> Tensor:
+    """Component outputs at the end position ``out`` [..., batch, d_model] -> their logit difference [..., batch],
+    through the final LayerNorm with the given scale (centre, divide, times its weight)."""
+    rows, end = torch.arange(len(batch)), batch.end.to(out.device)
+    out = out - out.mean(-1, keepdim=True)
+    out = out / scale[rows, end] * model.original_model.transformer.ln_f.weight
+    direction = model.W_U[:, batch.answer.to(out.device)] - model.W_U[:, batch.wrong.to(out.device)]  # [d_model, b]
+    return torch.einsum("...bm,mb->...b", out, direction)
 
 
 @torch.no_grad()
 def _head_direct_effects(model, z: Tensor, scale: Tensor, batch: ioi.IOIBatch) -> Float[Tensor, "layer head batch"]:
     """Each head's output at the end position, through the final LayerNorm (centre, divide by ``scale``,
     times its weight) onto W_U[io] - W_U[s]."""
-    rows = torch.arange(len(batch))
-    end = batch.end.to(z.device)
-    z_end = z[:, rows, end]  # [layer, batch, head, d_head]
-    out = torch.einsum("lbhd,lhdm->lhbm", z_end, model.W_O)
-    out = out - out.mean(-1, keepdim=True)
-    out = out / scale[rows, end][None, None] * model.original_model.transformer.ln_f.weight
-    direction = model.W_U[:, batch.answer.to(z.device)] - model.W_U[:, batch.wrong.to(z.device)]  # [d_model, b]
-    return torch.einsum("lhbm,mb->lhb", out, direction)
+    z_end = z[:, torch.arange(len(batch)), batch.end.to(z.device)]  # [layer, batch, head, d_head]
+    return _through_final_norm(model, torch.einsum("lbhd,lhdm->lhbm", z_end, model.W_O), scale, batch)
 
 
 @torch.no_grad()
@@ -117,13 +123,16 @@ def ioi_circuit(model, n: int = 100, *, seed: int = HELD_OUT_SEED + 1) -> dict:
 
     Direct effect of a head = its DLA on clean prompts minus its DLA with its ABC-corrupted output, both
     through the clean run's final-norm scale. Resample ablation replaces the head's z at every position with
-    its z on the ABC-corrupted prompt (same template, S2 replaced by a third name).
+    its z on the ABC-corrupted prompt (same template, S2 replaced by a third name). The compensation (direct
+    effect minus the drop of the logit difference) is split into what the final LayerNorm's scale gives back
+    (``compensation_layernorm``: the ablation rerun with the scale frozen at its clean value) and what the
+    other components' direct effects give back (``compensation_components``).
     """
     clean_s = ioi.make_ioi(n, seed=seed)
     clean, corr = ioi.ioi_batch(model, clean_s), ioi.ioi_batch(model, ioi.corrupt(clean_s, "abc", seed=seed))
     dev = model.cfg.device
-    z_c, scale_c, logits_c = _z_and_scale(model, clean.tokens.to(dev))
-    z_r, _, _ = _z_and_scale(model, corr.tokens.to(dev))
+    z_c, scale_c, logits_c, mlp_c = _z_and_scale(model, clean.tokens.to(dev))
+    z_r, _, _, _ = _z_and_scale(model, corr.tokens.to(dev))
     rows = torch.arange(n)
     de = (_head_direct_effects(model, z_c, scale_c, clean) - _head_direct_effects(model, z_r, scale_c, clean))
     de_mean = de.mean(-1)  # [layer, head]
@@ -139,20 +148,28 @@ def ioi_circuit(model, n: int = 100, *, seed: int = HELD_OUT_SEED + 1) -> dict:
         return z
 
     ld_clean = logit_diff(logits_c[rows, clean.end.to(dev)], clean.answer, clean.wrong)
-    with torch.no_grad():
-        logits_a, cache_a = None, None
-        with model.hooks(fwd_hooks=[(hook_name("z", layer), ablate)]):
-            logits_a, cache_a = model.run_with_cache(
-                clean.tokens.to(dev), names_filter=names_filter(model, ["z"], extra=["ln_final.hook_scale"]))
+    z_a, scale_a, logits_a, mlp_a = _z_and_scale(model, clean.tokens.to(dev), [(hook_name("z", layer), ablate)])
     ld_abl = logit_diff(logits_a[rows, clean.end.to(dev)], clean.answer, clean.wrong)
-    z_a = torch.stack([cache_a[hook_name("z", la)] for la in range(model.cfg.n_layers)])
-    # how each head's DLA changed when the top head was ablated (same clean scale, so only z differs)
+    # how each head's and each MLP's DLA changed when the top head was ablated (same clean scale, so only
+    # their outputs differ): the components that step in
     delta = (_head_direct_effects(model, z_a, scale_c, clean) - _head_direct_effects(model, z_c, scale_c, clean))
     delta = delta.mean(-1)
     delta[layer, head] = 0.0
-    compensation = Labelled(delta.reshape(-1).cpu(), labels, unit="logit diff",
-                            axes=("head",), meta={"what": f"change of DLA when {top} is resample-ablated"})
+    end = clean.end.to(dev)
+    mlp_delta = (_through_final_norm(model, mlp_a[:, rows, end], scale_c, clean)
+                 - _through_final_norm(model, mlp_c[:, rows, end], scale_c, clean)).mean(-1)  # [layer]
+    compensation = Labelled(torch.cat([delta.reshape(-1), mlp_delta]).cpu(),
+                            labels + [f"L{la} mlp" for la in range(model.cfg.n_layers)], unit="logit diff",
+                            axes=("component",), meta={"what": f"change of DLA when {top} is resample-ablated"})
     total_drop = float((ld_clean - ld_abl).mean())
+    # How much of the compensation is the final LayerNorm: rerun the ablation with the final norm's scale held
+    # at its clean value. The ablated head wrote a smaller vector, so the residual shrank and everything else
+    # was divided by less; with the scale frozen that amplification is gone.
+    with model.hooks(fwd_hooks=[(hook_name("z", layer), ablate),
+                                ("ln_final.hook_scale", lambda s, hook: scale_c.to(s.dtype))]):
+        logits_f = model(clean.tokens.to(dev))
+    ld_frozen = logit_diff(logits_f[rows, clean.end.to(dev)], clean.answer, clean.wrong)
+    ln_part = float((ld_abl - ld_frozen).mean())
     top_de = float(de_mean[layer, head])
     # attention from the end position to the IO and to S2 (name movers attend to the IO)
     with torch.no_grad():
@@ -163,7 +180,11 @@ def ioi_circuit(model, n: int = 100, *, seed: int = HELD_OUT_SEED + 1) -> dict:
             "top_direct_effect": top_de, "clean_logit_diff": float(ld_clean.mean()),
             "ablated_logit_diff": float(ld_abl.mean()), "total_effect": total_drop,
             "compensation": top_de - total_drop, "compensation_fraction": (top_de - total_drop) / top_de,
-            "backup_heads": [lab for lab, v in compensation.top(3, by_abs=False) if v > 0.1 * top_de],
+            "compensation_layernorm": ln_part, "compensation_components": top_de - total_drop - ln_part,
+            "end_scale_ratio": float((scale_a[rows, end, 0] / scale_c[rows, end, 0]).mean()),
+            "backup_heads": [lab for lab, v in compensation.top(3, by_abs=False)
+                             if v > 0.1 * top_de and not lab.endswith("mlp")],
+            "stepped_in": [lab for lab, v in compensation.top(3, by_abs=False) if v > 0.1 * top_de],
             "dla_change_when_ablated": compensation.to_dict(),
             "end_to_io_attention": {lab: float(v) for lab, v in zip(labels, att_io.reshape(-1).tolist(),
                                                                        strict=True)}}
@@ -247,6 +268,16 @@ def card_section(result: dict, record: dict) -> str:
     lines.append("- backup heads (DLA rises by > 10 % of the top head's effect when it is ablated): "
                  + (", ".join(f"{x} ({c['dla_change_when_ablated'][x]:+.2f})" for x in c["backup_heads"])
                     or "none"))
+    lines.append(f"- where the compensation of {c['compensation']:.2f} comes from: the final LayerNorm's scale "
+                 f"{c['compensation_layernorm']:+.2f} (the end position's scale changes by a factor "
+                 f"{c['end_scale_ratio']:.3f}), other components' direct effects {c['compensation_components']:+.2f}"
+                 + (": " + ", ".join(f"{x} {c['dla_change_when_ablated'][x]:+.2f}" for x in c["stepped_in"])
+                    if c["stepped_in"] else ""))
+    by_hops = result["prontoqa"].get("by_hops", {})
+    if by_hops:
+        lines.append("- PrOntoQA by hops (answer / exact CoT): " + ", ".join(
+            f"{h} hop{'s' if h != '1' else ''} {v['answer_acc']:.2f} / {v['cot_acc']:.2f} (n={int(v['n'])})"
+            for h, v in by_hops.items()))
     lines.append(CARD_END)
     return "\n".join(lines)
 
