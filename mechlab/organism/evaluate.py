@@ -163,8 +163,8 @@ def ioi_circuit(model, n: int = 100, *, seed: int = HELD_OUT_SEED + 1) -> dict:
                             axes=("component",), meta={"what": f"change of DLA when {top} is resample-ablated"})
     total_drop = float((ld_clean - ld_abl).mean())
     # How much of the compensation is the final LayerNorm: rerun the ablation with the final norm's scale held
-    # at its clean value. The ablated head wrote a smaller vector, so the residual shrank and everything else
-    # was divided by less; with the scale frozen that amplification is gone.
+    # at its clean value. Ablating a head changes the residual's norm, so every other component is divided by
+    # a different scale; with the scale frozen only their own changes are left.
     with model.hooks(fwd_hooks=[(hook_name("z", layer), ablate),
                                 ("ln_final.hook_scale", lambda s, hook: scale_c.to(s.dtype))]):
         logits_f = model(clean.tokens.to(dev))
