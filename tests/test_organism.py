@@ -137,18 +137,16 @@ def test_self_repair_claim(organism, evaluation):
     with torch.no_grad():
         _, cache = organism.run_with_cache(corr.tokens, names_filter=lambda x: x == name)
         rows = torch.arange(n)
-        base = organism(clean.tokens)[rows, clean.end]
+        scales = []  # the final norm's scale at the end position: clean run, then patched run
+
+        def keep_scale(s, hook):
+            scales.append(s[rows, clean.end, 0])
 
         def patch(z, hook):
             z[:, :, head] = cache[name][:, :, head]
             return z
 
-        scales = {}
-
-        def keep_scale(s, hook):
-            scales[len(scales)] = s[rows, clean.end, 0]
-
-        organism.run_with_hooks(clean.tokens, fwd_hooks=[("ln_final.hook_scale", keep_scale)])
+        base = organism.run_with_hooks(clean.tokens, fwd_hooks=[("ln_final.hook_scale", keep_scale)])[rows, clean.end]
         patched = organism.run_with_hooks(clean.tokens, fwd_hooks=[(name, patch), ("ln_final.hook_scale",
                                                                                    keep_scale)])[rows, clean.end]
     ld_patched = logit_diff(patched, clean.answer, clean.wrong)
