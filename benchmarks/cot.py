@@ -3,8 +3,9 @@
 Two measurements, the acceptance criteria of issue 7:
 
     S4 generate + DLA   26 seed-style 7-shot prompts: greedy generation up to "Answer:" (batched, KV cache,
-                        ``mechlab.generate``) then DLA of " True" - " False" at the last position of every problem
-                        (``mechlab.dla``, batched). The seed notebook took 8 min 43 s (523 s) for this loop on
+                        ``mechlab.methods.generate``) then DLA of " True" - " False" at the last position of every
+                        problem
+                        (``mechlab.methods.dla``, batched). The seed notebook took 8 min 43 s (523 s) for this loop on
                         Gemma-2b; the goal is >= 10x faster (<= 52 s).
     AtP peak memory     attribution patching on resid_pre, mlp_out, z, q, k, v of one 1100-token pair in bfloat16;
                         the goal is < 15 GiB (CUDA peak allocated; on the CPU the process's peak RSS is reported).
@@ -58,10 +59,10 @@ def time_s4(model, n_shots: int, n_problems: int, max_new_tokens: int, batch: in
     """Generate until "Answer:" then DLA " True" - " False" at each problem's last token; seconds and sizes."""
     import torch
 
-    from mechlab.cot import make_items
+    from mechlab.cot.runner import make_items
     from mechlab.data.prontoqa import make_problems
-    from mechlab.dla import logit_diff_dla
-    from mechlab.generate import generate
+    from mechlab.methods.dla import logit_diff_dla
+    from mechlab.methods.generate import generate
 
     device = str(next(model.parameters()).device)
     pool = make_problems(max(2 * n_shots, 4), seed=101, style="seed")
@@ -97,8 +98,9 @@ def atp_memory(model, n_tokens: int) -> dict:
     """Peak memory and time of AtP on all of unit 07's kinds for one ``n_tokens`` pair."""
     import torch
 
-    from mechlab.attribution import attribution_patching, logit_diff_metric
-    from mechlab.cot_analysis import ATP_KINDS
+    from mechlab.core.runs import logit_diff_metric
+    from mechlab.cot.analysis import ATP_KINDS
+    from mechlab.methods.attribution import attribution_patching
 
     device = str(next(model.parameters()).device)
     g = torch.Generator().manual_seed(0)
@@ -122,7 +124,7 @@ def measure(size: str = "tiny", *, device: str | None = None) -> dict:
     """Both measurements at ``size``: S4 in float32 (as the seed ran), AtP in bfloat16."""
     import torch
 
-    from mechlab.loading import load_model
+    from mechlab.core.loading import load_model
 
     if size not in SIZES:
         raise ValueError(f"size={size!r}; expected one of {sorted(SIZES)}.")

@@ -7,7 +7,7 @@ One command measures, in one run and per model, the ratios the course's acceptan
     patch loop / batched    exact patching of every head's z (noising, all positions): one forward per head vs
                             the heads stacked along the batch (``max_batch`` sequences per pass)
     IG loop / batched       IG on z with ``steps`` alphas: one forward-backward per (layer, alpha) vs
-                            :func:`mechlab.attribution.integrated_gradients` batched over (layer, alpha)
+                            :func:`mechlab.methods.attribution.integrated_gradients` batched over (layer, alpha)
     peak memory             CUDA: peak allocated during each measurement; CPU: the process's peak RSS so far
 
 The batched and looped results are compared as they are timed (a mismatch raises), so a fast wrong answer cannot
@@ -91,7 +91,7 @@ def _peak_mb(device: str) -> float:
 
 def _patch_heads_loop(model, clean, corr_z, metric) -> torch.Tensor:
     """Exact noising patch of each head's z at all positions, one forward pass per head."""
-    from mechlab.hooks import hook_name
+    from mechlab.core.activations import hook_name
 
     out = []
     with torch.no_grad():
@@ -106,9 +106,10 @@ def _patch_heads_loop(model, clean, corr_z, metric) -> torch.Tensor:
 
 
 def _patch_heads_batched(model, clean, corrupted, metric, max_batch: int) -> torch.Tensor:
-    """The same patches through :func:`mechlab.patching.activation_patching` (what the course uses): the heads are
+    """The same patches through :func:`mechlab.methods.patching.activation_patching` (what the course uses): the
+    heads are
     stacked along the batch, ``max_batch`` sequences per pass."""
-    from mechlab.patching import activation_patching
+    from mechlab.methods.patching import activation_patching
 
     result = activation_patching(model, clean, corrupted, metric, kind="z", direction="noising", per_position=False,
                                  max_batch=max_batch, progress=False)
@@ -117,8 +118,8 @@ def _patch_heads_batched(model, clean, corrupted, metric, max_batch: int) -> tor
 
 def _ig_loop(model, clean, corrupted, metric, steps: int) -> torch.Tensor:
     """IG on z with one forward-backward per (layer, alpha): the unbatched reference."""
-    from mechlab.attribution import ig_alphas
-    from mechlab.hooks import hook_name
+    from mechlab.core.activations import hook_name
+    from mechlab.methods.attribution import ig_alphas
 
     rows = []
     for layer in range(model.cfg.n_layers):
@@ -144,9 +145,10 @@ def _ig_loop(model, clean, corrupted, metric, steps: int) -> torch.Tensor:
 def bench_model(name: str, *, batch: int, pos: int, steps: int, max_batch: int, device: str | None,
                 repeats: int = 1) -> Row:
     """Measure one model; see the module docstring for what each number is."""
-    from mechlab.attribution import attribution_patching, integrated_gradients, logit_diff_metric
-    from mechlab.hooks import hook_name
-    from mechlab.loading import load_model
+    from mechlab.core.activations import hook_name
+    from mechlab.core.loading import load_model
+    from mechlab.core.runs import logit_diff_metric
+    from mechlab.methods.attribution import attribution_patching, integrated_gradients
 
     model = load_model(name, device=device, verbose=False)
     dev = str(next(model.parameters()).device)
@@ -216,7 +218,7 @@ def run(size: str = "tiny", *, models: list[str] | None = None, device: str | No
         print(f"benchmarking {name} (batch {batch}, pos {pos}, IG steps {steps}) ...", flush=True)
         rows.append(bench_model(name, batch=batch, pos=pos, steps=steps, max_batch=max_batch, device=device,
                                 repeats=repeats))
-    from mechlab.loading import default_device
+    from mechlab.core.loading import default_device
 
     print(format_table(rows, device or default_device()))
     return rows

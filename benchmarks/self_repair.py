@@ -23,8 +23,8 @@ SIZES = {  # size -> (models, prompts, positions, heads timed in the loop (scale
 
 def measure(size: str = "tiny", *, device: str | None = None, models: tuple[str, ...] | None = None) -> list[dict]:
     """One row per model: ``batched_s``, ``loop_s`` (scaled to all heads), ``speedup``, ``heads``."""
-    from mechlab.loading import load_model
-    from mechlab.self_repair import time_sweep
+    from mechlab.core.loading import load_model
+    from mechlab.methods.self_repair import time_sweep
 
     if size not in SIZES:
         raise ValueError(f"size={size!r}; expected one of {sorted(SIZES)}.")

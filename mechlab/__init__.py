@@ -15,6 +15,18 @@ Axis names, fixed once for the whole package (used in every jaxtyping signature 
 Direction words: "clean", "corrupted", "patched". Noising patches corrupted activations into the
 clean run; denoising patches clean activations into the corrupted run.
 
+Layers, one folder each; imports point down only (``tests/test_layout.py`` checks it):
+
+    core      loading + preflight, tokens, results (Labelled), activations (kinds, hook names, labels), runs
+              (the shared engine: Patch, Metric, cached runs, batched patched runs, token checks)
+    data      seeded prompt and text generators (IOI, induction, PrOntoQA, skip-trigram, filler, text)
+    models    unit 03's toy model and the organism (tokenizer, training recipe, checkpoint)
+    methods   dla, patching, attribution (AtP, IG), ablation, self_repair, heads, generate
+    cot       the unit 07 study: experiment runner, clean/corrupted pairs, analysis
+    plot      figures from tensors + labels; never computes, never shows
+    checks    exercise checkers, one module per unit
+    course    what builds the course: exercises, runner, setup cell, the organism's model card
+
 Importing ``mechlab`` is cheap and has no side effects; heavy submodules (torch, TransformerLens)
 load on first use::
 
@@ -31,11 +43,11 @@ __version__ = "0.1.0"
 
 # public name -> submodule that defines it (imported lazily so that `import mechlab` stays fast)
 _LAZY = {
-    "load_model": "mechlab.loading",
-    "course_model": "mechlab.loading",
-    "resolve_model_name": "mechlab.loading",
-    "default_device": "mechlab.loading",
-    "Labelled": "mechlab.results",
+    "load_model": "mechlab.core.loading",
+    "course_model": "mechlab.core.loading",
+    "resolve_model_name": "mechlab.core.loading",
+    "default_device": "mechlab.core.loading",
+    "Labelled": "mechlab.core.results",
 }
 
 

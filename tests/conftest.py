@@ -28,14 +28,14 @@ def device(request) -> str:
 
 @pytest.fixture(scope="session")
 def gpt2_like(device):
-    from mechlab.loading import load_model
+    from mechlab.core.loading import load_model
 
     return load_model("tiny-gpt2", device=device, seed=1, verbose=False)
 
 
 @pytest.fixture(scope="session")
 def gemma_like(device):
-    from mechlab.loading import load_model
+    from mechlab.core.loading import load_model
 
     return load_model("tiny-gemma", device=device, seed=2, verbose=False)
 

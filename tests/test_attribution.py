@@ -6,15 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mechlab.attribution import (
-    KINDS,
+from mechlab.core.activations import FINAL_NORM_SCALE, hook_name, n_heads_for
+from mechlab.core.activations import PATCH_KINDS as KINDS
+from mechlab.core.runs import logit_diff_metric
+from mechlab.methods.attribution import (
     attribution_patching,
     ig_alphas,
     input_integrated_gradients,
     integrated_gradients,
-    logit_diff_metric,
 )
-from mechlab.hooks import FINAL_NORM_SCALE, hook_name, n_heads_for
 
 BATCH, POS = 3, 7
 
@@ -209,7 +209,7 @@ def test_normalise_and_meta(gpt2_like, prompts):
 
 
 def test_bf16_model_fp32_accumulation(prompts):
-    from mechlab.loading import load_model
+    from mechlab.core.loading import load_model
 
     clean, corrupted, metric = prompts
     m32 = load_model("tiny-gpt2", seed=1, verbose=False)
@@ -257,7 +257,7 @@ def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.corrcoef(torch.stack([ra, rb]))[0, 1])
 
 
-@pytest.mark.skipif("not __import__('mechlab.loading').loading.organism_available()",
+@pytest.mark.skipif("not __import__('mechlab.core.loading', fromlist=['x']).organism_available()",
                     reason="needs the shipped organism checkpoint")
 def test_organism_ioi_heads_rank_like_exact_patching():
     """Over all heads of the organism on IOI, against exact patching of each head's z: IG (m=16) ranks the heads
@@ -266,8 +266,8 @@ def test_organism_ioi_heads_rank_like_exact_patching():
     within that set is not asserted: on the shipped checkpoint one head carries -2.4 and five others lie between
     -0.65 and -0.38, where AtP's first-order error (it gives the top head -1.4) swaps neighbours (measured:
     Spearman over all heads 0.97 for AtP, 0.99 for IG; the previous checkpoint gave AtP 0.69)."""
+    from mechlab.core.loading import load_model
     from mechlab.data.ioi import corrupt, ioi_batch, make_ioi
-    from mechlab.loading import load_model
 
     model = load_model("organism", verbose=False)
     samples = make_ioi(16, seed=0, templates=[0])

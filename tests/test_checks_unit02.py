@@ -168,6 +168,6 @@ def test_repeated_tokens_rejects(wrong, gpt2_like):
 
 
 def test_library_generator_passes(gemma_like):
-    from mechlab.heads import repeated_random_tokens
+    from mechlab.methods.heads import repeated_random_tokens
 
     unit02.check_repeated_tokens(lambda m, n, b, s: repeated_random_tokens(m, n, b, seed=s), gemma_like)

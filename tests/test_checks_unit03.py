@@ -1,6 +1,6 @@
 """Each unit-03 checker rejects the blank stub and plausible wrong answers, and accepts a correct one.
 
-The "solutions" here are written independently of ``mechlab.toy`` (loops, explicit masks), so a checker that
+The "solutions" here are written independently of ``mechlab.models.toy`` (loops, explicit masks), so a checker that
 merely compared a function with itself could not pass them all.
 """
 

@@ -8,8 +8,8 @@ import torch
 
 from mechlab.checks import unit04
 from mechlab.checks.core import CheckFailed
-from mechlab.dla import logit_diff_dla
-from mechlab.hooks import FINAL_NORM_SCALE, hook_name
+from mechlab.core.activations import FINAL_NORM_SCALE, hook_name
+from mechlab.methods.dla import logit_diff_dla
 
 
 def stub(*args):
@@ -94,7 +94,8 @@ def test_head_checker_rejects(wrong):
 
 
 def test_the_reference_agrees_with_the_library_on_a_model(gpt2_like):
-    """The checker's reference is what mechlab.dla computes for the last layer's heads on a real (tiny) GPT-2."""
+    """The checker's reference is what mechlab.methods.dla computes for the last layer's heads on a real (tiny)
+    GPT-2."""
     model = gpt2_like
     tokens = torch.randint(1, model.cfg.d_vocab, (2, 7), generator=torch.Generator().manual_seed(0))
     correct, incorrect = torch.tensor([3, 4]), torch.tensor([5, 6])

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mechlab.attribution import ig_alphas
 from mechlab.checks import unit05
 from mechlab.checks.core import CheckFailed
+from mechlab.methods.attribution import ig_alphas
 
 
 def _z(model, tokens, name):

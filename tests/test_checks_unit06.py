@@ -1,6 +1,6 @@
 """Unit 06 checkers: each rejects the stub and plausible wrong answers (the ablated run's scale, no centring, a sign
 flip, a missing intercept, no top-k filter) and accepts a correct solution written differently from the reference;
-the references agree with mechlab.self_repair / mechlab.dla on a tiny model."""
+the references agree with mechlab.methods.self_repair / mechlab.methods.dla on a tiny model."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 
 from mechlab.checks import unit06
 from mechlab.checks.core import CheckFailed
-from mechlab.hooks import hook_name
+from mechlab.core.activations import hook_name
 
 
 def stub(*args):
@@ -50,7 +50,7 @@ def test_direct_effect_checker_rejects(wrong):
 
 
 def test_direct_effect_reference_matches_mechlab_dla(tiny_model):
-    from mechlab.dla import cache_names, direct_effects, final_norm_params, unembed_directions
+    from mechlab.methods.dla import cache_names, direct_effects, final_norm_params, unembed_directions
 
     model = tiny_model
     tokens = torch.randint(0, 200, (2, 9))
@@ -138,7 +138,7 @@ def test_slope_checker_rejects(wrong):
 
 
 def test_slope_reference_matches_mechlab_fit_slope():
-    from mechlab.self_repair import fit_slope
+    from mechlab.methods.self_repair import fit_slope
 
     gen = torch.Generator().manual_seed(3)
     x, y = torch.randn(200, generator=gen), torch.randn(200, generator=gen)

@@ -1,4 +1,4 @@
-"""mechlab.cot: the resumable chain-of-thought runner, its results file and the summary by hops."""
+"""mechlab.cot.runner: the resumable chain-of-thought runner, its results file and the summary by hops."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from mechlab.cot import COLUMNS, CotItem, load_results, make_items, run_cot, solved, summary_by_hops
+from mechlab.cot.runner import COLUMNS, CotItem, load_results, make_items, run_cot, solved, summary_by_hops
 from mechlab.data.prontoqa import make_problems, proof_text, render
-from mechlab.generate import generate
+from mechlab.methods.generate import generate
 
 N_NEW = 12  # the random tiny models write nonsense; a short run is enough to test the bookkeeping
 
@@ -103,7 +103,7 @@ def test_grading_of_a_gold_and_a_wrong_continuation(gemma_like, items, tmp_path,
             self.texts = [canned[p] for p in prompts]
             self.finish = ["stop"] * len(prompts)
 
-    monkeypatch.setattr("mechlab.generate.generate", lambda model, prompts, **kw: Canned(prompts))
+    monkeypatch.setattr("mechlab.cot.runner.generate", lambda model, prompts, **kw: Canned(prompts))
     right, wrong = run_cot(gemma_like, items[:2], tmp_path / "cot.jsonl", batch_size=1)
     assert right["output"] == gold and wrong["output"] == flipped
     assert right["correct_pred"] and right["correct_cot"] and right["pred"] == first.label

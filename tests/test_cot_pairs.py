@@ -1,4 +1,4 @@
-"""Subtask pairs (mechlab.cot_pairs) and their analyses (mechlab.cot_analysis) on tiny models of both families.
+"""Subtask pairs (mechlab.cot.pairs) and their analyses (mechlab.cot.analysis) on tiny models of both families.
 
 Pairs: equal lengths, the decision read at the last position, the shots untouched, and only the intended tokens
 changed (checked token by token, not through the builder's own code). Skips: counted with their reasons, for cases
@@ -11,9 +11,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mechlab.cot import make_items
-from mechlab.cot_analysis import aggregate_positions, atp_subtask, dla_subtask, head_patterns, top_heads
-from mechlab.cot_pairs import SUBTASKS, build_pairs, keep_decided, pair_logit_diffs, swap_words
+from mechlab.cot.analysis import aggregate_positions, atp_subtask, dla_subtask, pair_head_patterns, top_heads
+from mechlab.cot.pairs import SUBTASKS, build_pairs, keep_decided, pair_logit_diffs, swap_words
+from mechlab.cot.runner import make_items
 from mechlab.data.prontoqa import Fact, Problem, make_problems, render
 
 
@@ -104,7 +104,7 @@ class _ByteTokenizerModel:
     def __init__(self):
         from transformers import AutoTokenizer
 
-        from mechlab.loading import fallback_tokenizer_dir
+        from mechlab.core.loading import fallback_tokenizer_dir
 
         self.tokenizer = AutoTokenizer.from_pretrained(fallback_tokenizer_dir())
         self.cfg = type("cfg", (), {"n_ctx": 4096})()
@@ -153,7 +153,7 @@ def test_dla_sums_to_each_problems_logit_diff(tiny_model):
 def test_atp_matches_a_small_exact_patch(tiny_model, kind, component):
     """AtP (reduce=sum over positions) = the first-order effect of moving one component toward its corrupted value:
     patch clean + eps (corrupted - clean) into that component at every position, divide by eps."""
-    from mechlab.hooks import hook_name, n_heads_for
+    from mechlab.core.activations import hook_name, n_heads_for
 
     pairs = build_pairs(tiny_model, _items("compact", n=3), "S3")[:1]
     atp = atp_subtask(tiny_model, pairs, kinds=[kind], reduce="sum", progress=False)
@@ -211,7 +211,7 @@ def test_keep_decided_and_patterns(gpt2_like):
     kept = keep_decided(gpt2_like, pairs)
     assert len(kept) == int((clean > 0).sum())
     assert len(kept.skipped) == len(pairs.skipped) + int((clean <= 0).sum())
-    pats, toks = head_patterns(gpt2_like, pairs[0], ["L0H1", "L1H0"], last=12)
+    pats, toks = pair_head_patterns(gpt2_like, pairs[0], ["L0H1", "L1H0"], last=12)
     assert pats.shape == (2, 12, 12) and len(toks) == 12
     # a window of the last positions: causal (nothing above the diagonal), rows sum to at most 1
     assert float(pats.triu(1).abs().max()) == 0 and bool((pats.sum(-1) <= 1 + 1e-5).all())

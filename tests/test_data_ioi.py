@@ -10,7 +10,7 @@ from mechlab.data import ioi
 @pytest.fixture(scope="module")
 def tok():
     from mechlab.data.corpus import text_documents
-    from mechlab.organism.tokenizer import train_tokenizer
+    from mechlab.models.organism.tokenizer import train_tokenizer
 
     return train_tokenizer(text_documents(3000, seed=5), vocab_size=800, min_frequency=30)
 

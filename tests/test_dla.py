@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mechlab.dla import (
+from mechlab.core.activations import FINAL_NORM_SCALE, hook_name
+from mechlab.core.loading import load_model
+from mechlab.methods.dla import (
     accumulated_resid_dla,
     cache_names,
     component_labels,
@@ -14,8 +16,6 @@ from mechlab.dla import (
     logit_diff_dla,
     unembed_directions,
 )
-from mechlab.hooks import FINAL_NORM_SCALE, hook_name
-from mechlab.loading import load_model
 
 
 @pytest.fixture(scope="module", params=["tiny-gpt2", "tiny-gemma"])

@@ -1,12 +1,12 @@
-"""mechlab.generate against step-by-step greedy decoding: one prompt at a time, a full forward per token."""
+"""mechlab.methods.generate against step-by-step greedy decoding: one prompt at a time, a full forward per token."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from mechlab.generate import generate
-from mechlab.loading import load_model
+from mechlab.core.loading import load_model
+from mechlab.methods.generate import generate
 
 PROMPTS = [  # different lengths, so the batch is left-padded
     "Hello",

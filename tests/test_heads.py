@@ -7,15 +7,15 @@ import math
 import pytest
 import torch
 
-from mechlab import heads
-from mechlab.hooks import hook_name
+from mechlab.core.activations import hook_name
+from mechlab.methods import heads
 
 
 def loop_scores(pattern, tokens):
     """Reference: plain Python loops over batch, query and key for one [batch, head, q, k] stack."""
     batch, n_heads, n, _ = pattern.shape
     out = {}
-    for kind in heads.KINDS:
+    for kind in heads.HEAD_TYPES:
         total, count = torch.zeros(n_heads), 0
         for b in range(batch):
             toks = tokens[b].tolist()
@@ -119,7 +119,7 @@ def test_head_scores_on_both_families_match_loops(tiny_model):
     torch.testing.assert_close(pattern.sum(-1), torch.ones(pattern.shape[:-1]), atol=1e-5, rtol=0)
     for layer in range(tiny_model.cfg.n_layers):
         want = loop_scores(pattern[:, layer].cpu(), tokens.cpu())
-        for kind in heads.KINDS:
+        for kind in heads.HEAD_TYPES:
             torch.testing.assert_close(scores.grid(kind)[layer], want[kind], atol=1e-5, rtol=1e-4)
     assert scores.induction.labels[:2] == ["L0H0", "L0H1"]
     assert scores.induction.unit == "attention mass"

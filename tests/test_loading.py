@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from mechlab.loading import ModelUnavailableError, course_model, load_model, resolve_model_name
+from mechlab.core.loading import ModelUnavailableError, course_model, load_model, resolve_model_name
 
 
 def test_tiny_families_have_the_promised_architectures(gpt2_like, gemma_like):
@@ -38,7 +38,7 @@ def test_offline_hub_fails_fast_with_advice(monkeypatch):
 def test_gated_model_without_token_is_a_value_error(monkeypatch):
     for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr("mechlab.loading.hf_token", lambda: None)
+    monkeypatch.setattr("mechlab.core.loading.hf_token", lambda: None)
     with pytest.raises(ValueError, match="gated model.*HF_TOKEN"):
         load_model("google/gemma-2b", verbose=False)
 

@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from mechlab.loading import ORGANISM_DIR, organism_available
+from mechlab.core.loading import ORGANISM_CHECKPOINT, organism_available
 
 pytestmark = pytest.mark.skipif(not organism_available(), reason="the organism checkpoint is not shipped")
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(not organism_available(), reason="the organism c
 def organism():
     import transformer_lens  # noqa: F401  (the import itself, 3-4 s, is not part of loading the model)
 
-    from mechlab.loading import load_model
+    from mechlab.core.loading import load_model
 
     start = time.time()
     model = load_model("organism", device="cpu", verbose=False)
@@ -28,22 +28,22 @@ def organism():
 
 @pytest.fixture(scope="module")
 def evaluation():
-    return json.loads((ORGANISM_DIR / "evaluation.json").read_text())
+    return json.loads((ORGANISM_CHECKPOINT / "evaluation.json").read_text())
 
 
 def test_loads_offline_fast_and_is_the_default(organism):
-    from mechlab.loading import resolve_model_name
+    from mechlab.core.loading import resolve_model_name
 
     assert organism.load_seconds < 5.0
     assert resolve_model_name("offline") == "organism"
-    size = sum(p.stat().st_size for p in ORGANISM_DIR.iterdir())
+    size = sum(p.stat().st_size for p in ORGANISM_CHECKPOINT.iterdir())
     assert size < 20e6
     assert type(organism.original_model).__name__ == "GPT2LMHeadModel"
 
 
 def test_tokenizer_round_trips_and_is_bpe():
     from mechlab.data.ioi import NAMES
-    from mechlab.organism.tokenizer import load_tokenizer
+    from mechlab.models.organism.tokenizer import load_tokenizer
 
     tok = load_tokenizer()
     texts = ["When Mary and John went to the store, John gave a drink to Mary.",
@@ -60,7 +60,7 @@ def test_tokenizer_round_trips_and_is_bpe():
 
 @pytest.fixture(scope="module")
 def subset(organism):
-    from mechlab.organism import evaluate as ev
+    from mechlab.course import organism_card as ev
 
     seed = ev.HELD_OUT_SEED + 7
     return {"ioi": ev.ioi_metrics(organism, n=60, seed=seed),
@@ -93,7 +93,7 @@ def test_evaluation_claims_what_the_tests_expect(evaluation):
 def test_targets_on_a_fast_subset(subset, evaluation, target):
     """Every target the shipped checkpoint meets holds on a fresh held-out subset; a target it misses must be
     missed on the subset too (then the test is an expected failure that states the card's number)."""
-    from mechlab.organism import evaluate as ev
+    from mechlab.course import organism_card as ev
 
     met, group, key = SUBSET_CHECKS[target](subset, ev.TARGETS)
     expected = EXPECTED_MET[target]
@@ -105,7 +105,7 @@ def test_targets_on_a_fast_subset(subset, evaluation, target):
 
 
 def test_card_matches_recomputation(organism, evaluation):
-    from mechlab.organism import evaluate as ev
+    from mechlab.course import organism_card as ev
 
     ioi = ev.ioi_metrics(organism, n=evaluation["ioi"]["n"])
     assert ioi["accuracy"] == pytest.approx(evaluation["ioi"]["accuracy"], abs=1e-6)
@@ -115,18 +115,18 @@ def test_card_matches_recomputation(organism, evaluation):
         for label, value in scores.items():
             assert value == pytest.approx(evaluation["head_types"]["scores"][kind][label], abs=1e-4)
     assert h["detected"] == evaluation["head_types"]["detected"]
-    record = json.loads((ORGANISM_DIR / "training.json").read_text())
-    card = (ORGANISM_DIR.parent / "README.md").read_text()
+    record = json.loads((ORGANISM_CHECKPOINT / "training.json").read_text())
+    card = (ORGANISM_CHECKPOINT.parent / "README.md").read_text()
     assert ev.card_section(evaluation, record) in card
-    heads = json.loads((ORGANISM_DIR.parent / "heads.json").read_text())
+    heads = json.loads((ORGANISM_CHECKPOINT.parent / "heads.json").read_text())
     assert heads == evaluation["head_types"]["detected"]
 
 
 def test_self_repair_claim(organism, evaluation):
     """Recompute the direct effect of the top name mover and the effect of ablating it, by an exact patch."""
+    from mechlab.core.tokens import logit_diff
+    from mechlab.course import organism_card as ev
     from mechlab.data import ioi
-    from mechlab.organism import evaluate as ev
-    from mechlab.tokens import logit_diff
 
     claim = evaluation["ioi_circuit"]
     layer, head = (int(x) for x in claim["top_name_mover"][1:].split("H"))
@@ -175,7 +175,7 @@ def test_self_repair_claim(organism, evaluation):
 
 def test_training_smoke_lowers_the_loss(tmp_path):
     from mechlab.data.corpus import Mix
-    from mechlab.organism.train import TrainConfig, train
+    from mechlab.models.organism.train import TrainConfig, train
 
     cfg = TrainConfig(steps=80, batch=8, seq_len=64, n_layer=1, n_embd=64, n_head=2, tokenizer_docs=1000,
                       min_frequency=20, warmup=5, log_every=5, mix=Mix(prontoqa=0.0))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mechlab.organism.train import TrainConfig, build_model, head_dropout
+from mechlab.models.organism.train import TrainConfig, build_model, head_dropout
 
 
 @pytest.fixture()

@@ -5,17 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mechlab.ablation import ablation_hooks, ablation_scan, all_components
-from mechlab.hooks import hook_name
-from mechlab.patching import (
-    Patch,
-    activation_patching,
-    as_token_pair,
-    gap_fraction_metric,
-    logit_diff_metric,
-    row_labels,
-    run_patches,
-)
+from mechlab.core.activations import hook_name
+from mechlab.core.runs import Patch, gap_fraction_metric, logit_diff_metric
+from mechlab.methods.ablation import ablation_hooks, ablation_scan, all_components
+from mechlab.methods.patching import activation_patching, as_token_pair, row_labels, run_patches
 
 CORRECT, WRONG = torch.tensor([5, 6]), torch.tensor([8, 9])
 
@@ -24,7 +17,7 @@ CORRECT, WRONG = torch.tensor([5, 6]), torch.tensor([8, 9])
 def model(request, device):
     """A tiny model whose weights are scaled up: at random init (std 0.02) attention is nearly uniform and every
     patch moves the metric by ~1e-4, too little for a 1e-5 comparison to tell one patch from another."""
-    from mechlab.loading import load_model
+    from mechlab.core.loading import load_model
 
     m = load_model(request.param, device=device, seed=4, verbose=False)
     with torch.no_grad():

@@ -52,10 +52,8 @@ def test_bundle_is_the_installed_one_and_safe_to_inline():
 
 
 def test_bundle_emitted_once_per_session_as_its_own_output(pattern, monkeypatch):
-    import IPython.display
-
     shown = []
-    monkeypatch.setattr(IPython.display, "display", lambda obj, **kw: shown.append((obj, kw.get("metadata"))))
+    monkeypatch.setattr(att, "display", lambda obj, **kw: shown.append((obj, kw.get("metadata"))))
     att.reset_bundle()
     att.attention_view(pattern, TOKENS, mode="once")._ipython_display_()
     att.attention_view(pattern, TOKENS, mode="once")._ipython_display_()

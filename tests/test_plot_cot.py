@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from mechlab.core.results import Labelled
 from mechlab.plot.cot import figure_dla, figure_position_map, figure_qkv
-from mechlab.results import Labelled
 
 
 def _atp(grids: dict[str, torch.Tensor]):

@@ -1,15 +1,14 @@
-"""mechlab.preflight: each case simulated (no network, no GPU here): token, licence, offline, GPU sizes."""
+"""mechlab.core.preflight: each case simulated (no network, no GPU here): token, licence, offline, GPU sizes."""
 
 from __future__ import annotations
 
-import sys
 import types
 
 import httpx
 import pytest
 
-from mechlab import loading, preflight
-from mechlab.preflight import GpuInfo, Plan
+from mechlab.core import loading, preflight
+from mechlab.core.preflight import GpuInfo, Plan
 
 OFFLINE = loading.resolve_model_name("offline")
 TRUE_HF_TOKEN = loading.hf_token  # kept before any test replaces it
@@ -34,7 +33,7 @@ def hub(monkeypatch):
         if state.error is not None:
             raise state.error
 
-    monkeypatch.setattr("huggingface_hub.auth_check", fake_auth_check)
+    monkeypatch.setattr(preflight, "auth_check", fake_auth_check)
     monkeypatch.setattr(loading, "hub_reachable", lambda timeout=2.0: True)
     monkeypatch.setattr(loading, "_in_local_hf_cache", lambda name: False)
     for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
@@ -83,10 +82,8 @@ def test_unknown_repo_and_hub_errors_fall_back(hub, monkeypatch):
 
 def test_token_from_colab_secrets_reaches_the_hub_check(hub, monkeypatch):
     monkeypatch.setattr(loading, "hf_token", TRUE_HF_TOKEN)  # the real lookup, with a fake Colab
-    colab = types.ModuleType("google.colab")
-    colab.userdata = types.SimpleNamespace(get=lambda key: {"HF_TOKEN": "hf_colab_secret"}[key])
-    monkeypatch.setitem(sys.modules, "google", types.ModuleType("google"))
-    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    secrets = {"HF_TOKEN": "hf_colab_secret"}
+    monkeypatch.setattr(loading, "userdata", types.SimpleNamespace(get=lambda key: secrets[key]))
     monkeypatch.setattr(preflight, "gpu_info", lambda: A100)
     plan = preflight.preflight("google/gemma-2b", verbose=False)
     assert hub.calls == [("google/gemma-2b", "hf_colab_secret")]

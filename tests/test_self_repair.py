@@ -1,33 +1,32 @@
-"""mechlab.self_repair against independent computations on both tiny families: hand-written einsums through the
-HF model's own final-norm weights, one resample-ablated forward pass per head (``mechlab.ablation`` hooks), the
+"""mechlab.methods.self_repair against independent computations on both tiny families: hand-written einsums through the
+HF model's own final-norm weights, one resample-ablated forward pass per head (``mechlab.methods.ablation`` hooks), the
 model's logits, numpy's least squares and the organism evaluation's own self-repair number."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from mechlab.ablation import ablation_hooks
-from mechlab.hooks import hook_name
-from mechlab.self_repair import (
+from mechlab.core.activations import hook_name
+from mechlab.data.text import text_tokens
+from mechlab.methods.ablation import ablation_hooks
+from mechlab.methods.self_repair import (
     backup_slopes,
     fit_slope,
     norm_share,
     select_points,
     self_repair_sweep,
     slopes_grid,
-    text_tokens,
 )
+from mechlab.models.organism import ORGANISM_DIR
 
 TOL_SUM = 1e-4
 TOL_LOOP = 1e-5
 
 
 def _hf_norm(model):
-    """(centres, weight, bias) read from the HF module itself, not through mechlab.dla."""
+    """(centres, weight, bias) read from the HF module itself, not through mechlab.methods.dla."""
     hf = model.original_model
     if hasattr(hf, "transformer"):  # GPT-2: LayerNorm
         ln = hf.transformer.ln_f
@@ -253,14 +252,14 @@ def test_bad_input_raises(gpt2_like):
     assert clean.shape == corrupted.shape == (2, 10) and not torch.equal(clean, corrupted)
 
 
-@pytest.mark.skipif("not __import__('mechlab.loading', fromlist=['x']).organism_available()",
+@pytest.mark.skipif("not __import__('mechlab.core.loading', fromlist=['x']).organism_available()",
                     reason="the organism checkpoint is not shipped yet")
 def test_organism_top_name_mover_compensation_matches_its_evaluation():
     """The sweep's self-repair of the organism's top IOI name mover equals the number the organism's own
-    evaluation computes (another code path: mechlab.organism.evaluate.ioi_circuit) and is positive."""
-    from mechlab.loading import load_model
-    from mechlab.organism.evaluate import HELD_OUT_SEED, ioi_circuit
-    from mechlab.self_repair import ioi_self_repair
+    evaluation computes (another code path: mechlab.course.organism_card.ioi_circuit) and is positive."""
+    from mechlab.core.loading import load_model
+    from mechlab.course.organism_card import HELD_OUT_SEED, ioi_circuit
+    from mechlab.methods.self_repair import ioi_self_repair
 
     model = load_model("organism", device="cpu", verbose=False)
     reference = ioi_circuit(model, n=40, seed=HELD_OUT_SEED + 1)
@@ -276,24 +275,24 @@ def test_organism_top_name_mover_compensation_matches_its_evaluation():
 def _organism_self_repair_met() -> bool:
     import json
 
-    from mechlab.loading import organism_available
+    from mechlab.core.loading import organism_available
 
     if not organism_available():
         return False
-    path = Path(__import__("mechlab.organism", fromlist=["x"]).__file__).parent / "checkpoint" / "evaluation.json"
+    path = ORGANISM_DIR / "checkpoint" / "evaluation.json"
     return bool(json.loads(path.read_text())["targets_met"]["self_repair"])
 
 
-@pytest.mark.skipif("not __import__('mechlab.loading', fromlist=['x']).organism_available()",
+@pytest.mark.skipif("not __import__('mechlab.core.loading', fromlist=['x']).organism_available()",
                     reason="the organism checkpoint is not shipped yet")
 @pytest.mark.xfail(not _organism_self_repair_met(), strict=True,
                    reason="the shipped organism's card reports the self-repair target as not met")
 def test_organism_top_name_mover_is_repaired():
     """Ablating the organism's top IOI name mover costs clearly less than its direct effect (positive
     compensation). Strict xfail while the card says 'not met', so the card and this test cannot disagree."""
-    from mechlab.loading import load_model
-    from mechlab.organism.evaluate import HELD_OUT_SEED
-    from mechlab.self_repair import ioi_self_repair
+    from mechlab.core.loading import load_model
+    from mechlab.course.organism_card import HELD_OUT_SEED
+    from mechlab.methods.self_repair import ioi_self_repair
 
     model = load_model("organism", device="cpu", verbose=False)
     result = ioi_self_repair(model, n=40, seed=HELD_OUT_SEED + 1, progress=False)
@@ -303,12 +302,12 @@ def test_organism_top_name_mover_is_repaired():
     assert float(result.self_repair[top].mean()) > 0.2 * float(drop.max())
 
 
-@pytest.mark.skipif("not __import__('mechlab.loading', fromlist=['x']).organism_available()",
+@pytest.mark.skipif("not __import__('mechlab.core.loading', fromlist=['x']).organism_available()",
                     reason="the organism checkpoint is not shipped yet")
 def test_organism_all_heads_sweep_under_30_seconds_on_cpu():
     import time
 
-    from mechlab.loading import load_model
+    from mechlab.core.loading import load_model
 
     model = load_model("organism", device="cpu", verbose=False)
     clean, corrupted = text_tokens(model, n_prompts=50, n_pos=100, source="organism")
@@ -319,7 +318,7 @@ def test_organism_all_heads_sweep_under_30_seconds_on_cpu():
 
 
 def test_time_sweep_smoke(gpt2_like):
-    from mechlab.self_repair import time_sweep
+    from mechlab.methods.self_repair import time_sweep
 
     row = time_sweep(gpt2_like, 2, 8, loop_heads=2)
     assert row["heads"] == 8 and row["batched_s"] > 0 and row["loop_s"] > 0

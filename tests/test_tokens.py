@@ -1,8 +1,9 @@
 import pytest
 import torch
 
-from mechlab.results import Labelled, parse_head
-from mechlab.tokens import answer_token_ids, clean_corrupted_tokens, logit_diff, token_log_probs
+from mechlab.core.activations import parse_head
+from mechlab.core.results import Labelled
+from mechlab.core.tokens import answer_token_ids, clean_corrupted_tokens, logit_diff, token_log_probs
 
 
 def test_multi_token_answer_is_refused_with_its_pieces(gpt2_like):

@@ -10,20 +10,20 @@ import torch
 import torch.nn.functional as F
 
 from mechlab.data.skip_trigram import PAIRS, make_skip_trigram, pair_names, signal_prompts
-from mechlab.toy import (
+from mechlab.models.toy import (
     AttnOnlyTransformer,
     ToyConfig,
-    TrainConfig,
+    ToyTrainConfig,
     attention_pattern,
-    attention_patterns,
-    evaluate,
+    head_attention,
     head_logit_contributions,
+    loss_and_accuracy,
     ov_circuit,
     pair_accuracy_ablated,
     pair_logit_table,
     qk_circuit,
-    train,
     train_step,
+    train_toy,
 )
 
 
@@ -185,7 +185,7 @@ def test_evaluate_weights_a_short_last_batch():
     data = make_skip_trigram(103, seed=7)
     with torch.no_grad():
         logits = model(data.tokens)[:, -1]
-    loss, acc = evaluate(model, data, batch_size=10)  # ten batches of 10 and one of 3
+    loss, acc = loss_and_accuracy(model, data, batch_size=10)  # ten batches of 10 and one of 3
     assert loss == pytest.approx(F.cross_entropy(logits, data.labels).item(), rel=1e-5)
     assert acc == pytest.approx((logits.argmax(-1) == data.labels).float().mean().item())
 
@@ -193,16 +193,16 @@ def test_evaluate_weights_a_short_last_batch():
 def test_training_reaches_the_ceiling_fast_and_reproducibly():
     threads = torch.get_num_threads()
     start = time.perf_counter()
-    first = train(ToyConfig(), TrainConfig(), progress=False)
+    first = train_toy(ToyConfig(), ToyTrainConfig(), progress=False)
     seconds = time.perf_counter() - start
-    assert torch.get_num_threads() == threads  # train() runs on one thread and restores the setting
-    second = train(ToyConfig(), TrainConfig(), progress=False)
+    assert torch.get_num_threads() == threads  # train_toy() runs on one thread and restores the setting
+    second = train_toy(ToyConfig(), ToyTrainConfig(), progress=False)
     assert seconds < 60, f"training took {seconds:.1f} s"
     assert first.history == second.history  # identical numbers, epoch by epoch
     assert abs(first.history.test_acc[-1] - first.ceiling.total) < 0.01
     sig = first.test_data[first.test_data.is_signal]
-    assert evaluate(first.model, sig)[1] == 1.0
-    pattern = attention_patterns(first.model, torch.tensor([2, 9, 3, 0]))
+    assert loss_and_accuracy(first.model, sig)[1] == 1.0
+    pattern = head_attention(first.model, torch.tensor([2, 9, 3, 0]))
     assert pattern.values.shape == (3, 4, 4) and torch.allclose(pattern.values.sum(-1), torch.ones(3, 4))
 
 
@@ -213,4 +213,4 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="0..10"):
         model(torch.tensor([[1, 2, 11]]))
     with pytest.raises(ValueError, match="one sequence"):
-        attention_patterns(model, torch.zeros(2, 4, dtype=torch.long))
+        head_attention(model, torch.zeros(2, 4, dtype=torch.long))

@@ -18,7 +18,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from mechlab.checks.core import Case, compare_tensors, run_cases
-from mechlab.tokens import token_log_probs
+from mechlab.core.tokens import token_log_probs
 
 
 def _logits(batch: int, pos: int, d_vocab: int, seed: int) -> Tensor:

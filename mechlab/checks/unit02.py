@@ -2,7 +2,7 @@
 scores on a repeated random sequence, and the repeated sequence itself.
 
 The learner's score functions take one layer's patterns on ``[BOS, r_1..r_n, r_1..r_n]`` and ``n``; the
-references are ``mechlab.heads``' token-defined scores, which agree on such sequences::
+references are ``mechlab.methods.heads``' token-defined scores, which agree on such sequences::
 
     from mechlab.checks import unit02
     unit02.check_previous_token_scores(my_prev)         # fn(pattern [batch, head, q, k]) -> [head]
@@ -19,8 +19,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from mechlab import heads
 from mechlab.checks.core import Case, CheckFailed, run_cases
+from mechlab.methods import heads
 
 
 def _repeated(batch: int, seq_len: int, seed: int) -> Int[Tensor, "batch pos"]:

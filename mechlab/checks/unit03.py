@@ -19,7 +19,7 @@ from torch import Tensor
 
 from mechlab.checks.core import Case, run_cases
 from mechlab.data.skip_trigram import make_skip_trigram
-from mechlab.toy import AttnOnlyTransformer, ToyConfig, attention_pattern, train_step
+from mechlab.models.toy import AttnOnlyTransformer, ToyConfig, attention_pattern, train_step
 
 
 def _randn(*shape: int, seed: int) -> Tensor:

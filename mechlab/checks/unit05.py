@@ -8,7 +8,7 @@ The learner writes, for the head outputs ``z`` of one layer:
         into corrupted (gradient on the corrupted run).
     ig_heads(model, clean, corrupted, metric, layer, steps)       -> Float[Tensor, "head"]
         The same estimate (noising) with integrated gradients: the layer's ``z`` moves from the clean to the
-        corrupted value, gradients averaged with the trapezoidal rule (``mechlab.attribution.ig_alphas``).
+        corrupted value, gradients averaged with the trapezoidal rule (``mechlab.methods.attribution.ig_alphas``).
 
 Each check runs on tiny random-init GPT-2-like and Gemma-like models and rejects a flipped sign, the wrong
 direction (gradient taken on the other run) and, for IG, an interpolation that never reaches the model.
@@ -27,18 +27,17 @@ from functools import lru_cache
 import torch
 
 from mechlab.checks.core import Case, compare_tensors, run_cases
+from mechlab.core.loading import load_model
+from mechlab.core.runs import logit_diff_metric
+from mechlab.methods.attribution import attribution_patching, integrated_gradients
 
 
 @lru_cache(maxsize=2)
 def _model(name: str):
-    from mechlab.loading import load_model
-
     return load_model(name, seed=3, verbose=False)
 
 
 def _prompts(model, seed: int):
-    from mechlab.attribution import logit_diff_metric
-
     g = torch.Generator().manual_seed(seed)
     clean = torch.randint(5, 250, (2, 6), generator=g)
     corrupted = clean.clone()
@@ -68,7 +67,6 @@ def _compare(got, want) -> str:
 
 def reference_atp_heads(model, clean, corrupted, metric, layer: int, direction: str) -> torch.Tensor:
     """mechlab's AtP on ``z`` at ``layer``, summed over positions: shape [head]."""
-    from mechlab.attribution import attribution_patching
 
     res = attribution_patching(model, clean, corrupted, metric, kinds=["z"], direction=direction, layers=[layer])
     return res["z"].values.sum(-1)
@@ -76,7 +74,6 @@ def reference_atp_heads(model, clean, corrupted, metric, layer: int, direction: 
 
 def reference_ig_heads(model, clean, corrupted, metric, layer: int, steps: int) -> torch.Tensor:
     """mechlab's layer-wise IG on ``z`` at ``layer`` (noising), summed over positions: shape [head]."""
-    from mechlab.attribution import integrated_gradients
 
     res = integrated_gradients(model, clean, corrupted, metric, kind="z", steps=steps, layers=[layer],
                                progress=False)

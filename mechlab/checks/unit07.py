@@ -4,13 +4,13 @@ The learner writes:
 
     swap_words(text, a, b)                        -> str
         exchange two species names in a problem's text: whole words, plurals and capitals too, in one pass
-        (the reference is :func:`mechlab.cot_pairs.swap_words`).
+        (the reference is :func:`mechlab.cot.pairs.swap_words`).
     decision_logit_diff(logits, pos, correct, incorrect) -> Float[Tensor, "batch"]
         the logit difference at each row's own decision position in a right-padded batch
-        (:func:`mechlab.cot_pairs.decision_logit_diff`).
+        (:func:`mechlab.cot.pairs.decision_logit_diff`).
     aggregate_positions(maps)                     -> Float[Tensor, "component"]
         the seed's aggregate of per-problem [component, pos] maps of different lengths: max over each problem's
-        positions, then the mean over problems (:func:`mechlab.cot_analysis.aggregate_positions`).
+        positions, then the mean over problems (:func:`mechlab.cot.analysis.aggregate_positions`).
 
 Each check runs small random cases and names the case that failed and by how much.
 
@@ -28,6 +28,9 @@ from collections.abc import Callable
 import torch
 
 from mechlab.checks.core import Case, compare_tensors, run_cases
+from mechlab.cot.analysis import aggregate_positions
+from mechlab.cot.pairs import decision_logit_diff, swap_words
+from mechlab.data.prontoqa import make_problems, render
 
 
 def _compare_text(got, want) -> str:
@@ -41,8 +44,6 @@ def _compare_text(got, want) -> str:
 
 
 def _text_cases() -> list[Case]:
-    from mechlab.data.prontoqa import make_problems, render
-
     cases = [Case("substring trap (impus inside grimpus)",
                   ("Every grimpus is an impus. Impuses are grimpuses. Fae is a brimpus.", "impus", "grimpus")),
              Case("capitalised plural", ("Wumpuses are zumpuses. Each zumpus is hot.", "wumpus", "zumpus"))]
@@ -56,13 +57,11 @@ def _text_cases() -> list[Case]:
 
 
 def _reference_swap(text, a, b):
-    from mechlab.cot_pairs import swap_words
-
     return swap_words(text, a, b)
 
 
 def check_swap_words(fn: Callable) -> None:
-    """``fn(text, a, b) -> str`` against :func:`mechlab.cot_pairs.swap_words`."""
+    """``fn(text, a, b) -> str`` against :func:`mechlab.cot.pairs.swap_words`."""
     run_cases(fn, _reference_swap, _text_cases(), name="swap_words", compare=_compare_text)
 
 
@@ -79,13 +78,11 @@ def _logit_cases() -> list[Case]:
 
 
 def _reference_decision(logits, pos, correct, incorrect):
-    from mechlab.cot_pairs import decision_logit_diff
-
     return decision_logit_diff(logits, pos, correct, incorrect)
 
 
 def check_decision_logit_diff(fn: Callable) -> None:
-    """``fn(logits, pos, correct, incorrect) -> [batch]`` against :func:`mechlab.cot_pairs.decision_logit_diff`."""
+    """``fn(logits, pos, correct, incorrect) -> [batch]`` against :func:`mechlab.cot.pairs.decision_logit_diff`."""
     run_cases(fn, _reference_decision, _logit_cases(), name="decision_logit_diff",
               compare=lambda got, want: compare_tensors(got, want, what="logit difference per row"))
 
@@ -100,13 +97,11 @@ def _map_cases() -> list[Case]:
 
 
 def _reference_aggregate(maps):
-    from mechlab.cot_analysis import aggregate_positions
-
     return aggregate_positions(maps, "max")
 
 
 def check_aggregate_positions(fn: Callable) -> None:
-    """``fn(maps) -> [component]`` against :func:`mechlab.cot_analysis.aggregate_positions` (reduce="max")."""
+    """``fn(maps) -> [component]`` against :func:`mechlab.cot.analysis.aggregate_positions` (reduce="max")."""
     run_cases(fn, _reference_aggregate, _map_cases(), name="aggregate_positions",
               compare=lambda got, want: compare_tensors(got, want, what="aggregate per component"))
 

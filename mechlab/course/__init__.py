@@ -3,4 +3,6 @@
 - :mod:`mechlab.course.exercises`: ``solutions/`` -> ``exercises/``, setup cells and Colab badges
 - :mod:`mechlab.course.run`: run notebooks headless (``make course``), or refresh committed outputs
 - :mod:`mechlab.course.colab`: the setup cell's code and the one repository setting
+- :mod:`mechlab.course.organism_card`: measures the organism and writes its model card (``python -m
+  mechlab.course.organism_card``)
 """

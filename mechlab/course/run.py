@@ -16,6 +16,7 @@ inlined JavaScript bundle) are replaced by a one-line note, and per-cell executi
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import re
 import sys
@@ -24,6 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
+import plotly.io as pio
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+from nbconvert import HTMLExporter
 
 MODEL_LINE = re.compile(r"mechlab: (?:loaded|model) (\S+)")
 
@@ -79,9 +84,6 @@ def shrink_outputs(nb, max_kb: int) -> int:
 
 
 def run_one(path: Path, *, timeout: int, kernel: str) -> tuple[RunResult, object]:
-    from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
-
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=timeout, kernel_name=kernel, resources={"metadata": {"path": str(path.parent)}})
     start = time.perf_counter()
@@ -100,9 +102,7 @@ def with_plotly_html(nb):
     """A copy of ``nb`` in which every plotly figure output also carries ``text/html``, so the HTML export shows
     the figures (nbconvert cannot render plotly's JSON mimetype). plotly.js is inlined once per file, so the
     page works offline; the committed notebooks keep only the JSON."""
-    import copy
 
-    import plotly.io as pio
 
     nb = copy.deepcopy(nb)
     first = True
@@ -119,8 +119,6 @@ def with_plotly_html(nb):
 
 
 def write_html(nb, target: Path) -> None:
-    from nbconvert import HTMLExporter
-
     nb = with_plotly_html(nb)
 
     body, _ = HTMLExporter().from_notebook_node(nb)

@@ -20,7 +20,7 @@ ADJECTIVES = ("old", "young", "small", "big", "quiet", "happy", "tired", "clever
               "strange", "lonely", "busy", "gentle", "proud")
 VERBS = ("walked to", "looked at", "ran to", "sat near", "found", "saw", "liked", "carried", "painted",
          "visited", "watched", "left", "opened", "cleaned", "remembered")
-PLACES = ("the river", "the house", "the market", "the forest", "the village", "the hill", "the garden",
+SCENES = ("the river", "the house", "the market", "the forest", "the village", "the hill", "the garden",
           "the road", "the school", "the table", "the window", "the bridge", "a boat", "a tree", "the door")
 TIMES = ("In the morning", "Later that day", "At night", "Every day", "One day", "After dinner", "Before noon",
          "In the winter", "Last summer")
@@ -38,7 +38,7 @@ def _zipf(rng: random.Random, words: tuple) -> str:
 def _sentence(rng: random.Random) -> str:
     start = _zipf(rng, TIMES) + ", the" if rng.random() < 0.3 else "The"
     adj = _zipf(rng, ADJECTIVES) + " " if rng.random() < 0.6 else ""
-    text = f"{start} {adj}{_zipf(rng, SUBJECTS)} {_zipf(rng, VERBS)} {_zipf(rng, PLACES)}"
+    text = f"{start} {adj}{_zipf(rng, SUBJECTS)} {_zipf(rng, VERBS)} {_zipf(rng, SCENES)}"
     if rng.random() < 0.4:
         text += " " + _zipf(rng, CLAUSES)
     if rng.random() < 0.03:

@@ -209,7 +209,7 @@ def ioi_batch(model_or_tokenizer, samples: Sequence[IOISample], *, prepend_bos: 
                 pieces = [x.prompt[s:e] for s, e in offsets]
                 raise ValueError(f"name {x.prompt[a:b]!r} in {x.prompt!r} is {len(hits)} tokens ({pieces}); IOI "
                                  "needs single-token names. Use names from mechlab.data.ioi.NAMES or check them "
-                                 "with mechlab.tokens.answer_token_ids.")
+                                 "with mechlab.core.tokens.answer_token_ids.")
             cols[f"{role}_pos"].append(hits[0] + shift)
         for key, word in (("answer", x.io), ("wrong", x.s)):
             wid = tok(word, add_special_tokens=False)["input_ids"]

@@ -35,16 +35,23 @@ import json
 import sys
 import uuid
 from collections.abc import Sequence
+from importlib.metadata import version
 from pathlib import Path
 
+import circuitsvis
 import numpy as np
 import plotly.graph_objects as go
 from jaxtyping import Float
 from plotly.subplots import make_subplots
 from torch import Tensor
 
+from mechlab.core.activations import parse_head
 from mechlab.plot.basic import to_numpy
-from mechlab.results import parse_head
+
+try:  # Jupyter and Colab have IPython; a plain-Python install of mechlab need not
+    from IPython.display import display
+except ImportError:
+    display = None
 
 MODES = ("once", "inline", "cdn")
 BUNDLE_MARKER = "mechlab-circuitsvis-bundle"
@@ -53,14 +60,11 @@ _state = {"bundle_sent": False}  # per kernel session: has the bundle been emitt
 
 
 def _circuitsvis_version() -> str:
-    from importlib.metadata import version
-
     return version("circuitsvis")
 
 
 def bundle_path() -> Path:
     """The JavaScript bundle shipped inside the installed circuitsvis package (defines ``CircuitsVis``)."""
-    import circuitsvis
 
     path = Path(circuitsvis.__file__).parent / "dist" / "cdn" / "iife.js"
     if not path.is_file():
@@ -147,8 +151,6 @@ class AttentionView:
         return self.mode == "inline" or (self.mode == "once" and not _state["bundle_sent"])
 
     def _ipython_display_(self) -> None:
-        from IPython.display import display
-
         if self._needs_bundle():
             # its own output, so that the runner's size cap drops the bundle and keeps the view
             display({"text/html": bundle_script(), "text/plain": "[circuitsvis JavaScript bundle]"}, raw=True,
@@ -169,7 +171,7 @@ class AttentionView:
 def _check_pattern(pattern: np.ndarray, tokens: Sequence[str], head_names: Sequence[str] | None) -> None:
     if pattern.ndim != 3 or pattern.shape[1] != pattern.shape[2]:
         raise ValueError(f"pattern has shape {pattern.shape}; expected [head, query_pos, key_pos] for one prompt "
-                         "and one layer, e.g. patterns[0, layer] from mechlab.heads.attention_patterns.")
+                         "and one layer, e.g. patterns[0, layer] from mechlab.methods.heads.attention_patterns.")
     if len(tokens) != pattern.shape[-1]:
         raise ValueError(f"{len(tokens)} tokens for a pattern over {pattern.shape[-1]} positions; pass "
                          "model.to_str_tokens(...) of exactly the prompt the pattern came from.")
@@ -232,7 +234,7 @@ def head_type_grids(
     known: dict[str, Sequence[str]] | None = None,
     title: str = "",
 ) -> go.Figure:
-    """Side-by-side layer x head grids, one per head type (e.g. ``{k: scores.grid(k) for k in KINDS}``).
+    """Side-by-side layer x head grids, one per head type (e.g. ``{k: scores.grid(k) for k in HEAD_TYPES}``).
 
     ``known`` marks the heads others reported (``L{l}H{h}`` per type) with a ring, so agreement is visible.
     """

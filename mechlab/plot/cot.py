@@ -1,4 +1,4 @@
-"""Figures for unit 07's subtask analyses (``mechlab.cot_analysis`` results): panels of [layer, component]
+"""Figures for unit 07's subtask analyses (``mechlab.cot.analysis`` results): panels of [layer, component]
 heatmaps on one symmetric colour scale, a per-position map of one problem. They arrange results; they never
 compute or show."""
 
@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from mechlab.results import Labelled
+from mechlab.core.results import Labelled
 
 
 def _zmax(*tensors) -> float:

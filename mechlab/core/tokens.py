@@ -2,8 +2,8 @@
 
 Example::
 
-    from mechlab.loading import load_model
-    from mechlab.tokens import answer_token_ids, clean_corrupted_tokens
+    from mechlab.core.loading import load_model
+    from mechlab.core.tokens import answer_token_ids, clean_corrupted_tokens
     model = load_model("tiny-gpt2", verbose=False)
     ids = answer_token_ids(model, [" a", " b"])          # one id per answer, or a ValueError
     clean, corrupted = clean_corrupted_tokens(model, ["x y"], ["x z"])

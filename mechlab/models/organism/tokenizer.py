@@ -6,8 +6,8 @@ space (``" Mary"``), and rare words that the merges never saw often enough are s
 
 Example::
 
-    from mechlab.organism.tokenizer import load_tokenizer
-    tok = load_tokenizer()                           # the shipped one (mechlab/organism/checkpoint/)
+    from mechlab.models.organism.tokenizer import load_tokenizer
+    tok = load_tokenizer()                           # the shipped one (mechlab/models/organism/checkpoint/)
     tok.convert_ids_to_tokens(tok("When Mary left")["input_ids"])   # ['When', 'ĠMary', 'Ġleft']
 """
 
@@ -15,6 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 SPECIAL = "<|endoftext|>"
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoint"
@@ -25,8 +28,6 @@ def train_tokenizer(texts: Iterable[str], *, vocab_size: int = 1024, min_frequen
 
     ``min_frequency`` is the count a pair needs before it is merged: it keeps rare words in pieces.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     if vocab_size < 257:
         raise ValueError(f"vocab_size={vocab_size}: a byte-level BPE needs at least 257 (256 bytes + special).")
@@ -42,10 +43,9 @@ def train_tokenizer(texts: Iterable[str], *, vocab_size: int = 1024, min_frequen
 
 def load_tokenizer(path: str | Path | None = None):
     """Load the tokenizer saved in ``path`` (default: the shipped checkpoint folder)."""
-    from transformers import AutoTokenizer
 
     path = Path(path) if path is not None else CHECKPOINT_DIR
     if not (path / "tokenizer.json").is_file():
-        raise ValueError(f"no tokenizer.json in {path}; train one with `python -m mechlab.organism.train` or pass "
-                         "the folder that holds it.")
+        raise ValueError(f"no tokenizer.json in {path}; train one with "
+                         "`python -m mechlab.models.organism.train` or pass the folder that holds it.")
     return AutoTokenizer.from_pretrained(str(path))

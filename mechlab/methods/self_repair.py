@@ -4,7 +4,8 @@ Definitions (Rushing & Nanda 2024, "Explorations of Self-Repair in Language Mode
 with a target token ``t`` (by default the actual next token):
 
     direct effect of c   c's write to the residual stream read along ``W_U[:, t]`` through the final norm, its
-                         scale frozen at the **clean** run's ``ln_final.hook_scale`` (``mechlab.dla.direct_effects``)
+                         scale frozen at the **clean** run's ``ln_final.hook_scale``
+                         (``mechlab.methods.dla.direct_effects``)
     Δlogit               logit_t(ablated run) - logit_t(clean run)
     direct               DE of the ablated head(s) in the ablated run - their DE in the clean run
     self-repair          Δlogit - direct: how much of the head's lost direct effect the rest of the model made up
@@ -29,8 +30,9 @@ batch axis, chunked to fit memory, with a tqdm bar; the result equals one forwar
 
 Example::
 
-    from mechlab.loading import load_model
-    from mechlab.self_repair import text_tokens, self_repair_sweep, backup_slopes
+    from mechlab.core.loading import load_model
+    from mechlab.data.text import text_tokens
+    from mechlab.methods.self_repair import self_repair_sweep, backup_slopes
     model = load_model("tiny-gpt2", verbose=False)
     clean, corrupted = text_tokens(model, n_prompts=4, n_pos=20, source="organism")
     result = self_repair_sweep(model, clean, corrupted)          # every head, one at a time
@@ -40,7 +42,6 @@ Example::
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -50,66 +51,13 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mechlab.dla import cache_names, component_labels, direct_effects, final_norm_params, unembed_directions
-from mechlab.hooks import FINAL_NORM_SCALE, hook_name
-from mechlab.patching import Patch, _check_tokens, _patch_hook, auto_max_batch
-from mechlab.results import Labelled, head_labels, parse_head
+from mechlab.core.activations import FINAL_NORM_SCALE, head_labels, hook_name, parse_head
+from mechlab.core.results import Labelled
+from mechlab.core.runs import Patch, auto_max_batch, check_tokens, patch_hook
+from mechlab.data import ioi
+from mechlab.methods.dla import cache_names, component_labels, direct_effects, final_norm_params, unembed_directions
 
-OWT_NAME = "stas/openwebtext-10k"  # the 10k-document OpenWebText sample the seed used
-SOURCES = ("auto", "openwebtext", "organism")
 PARTS = ("delta_logit", "direct", "heads", "mlps", "fixed", "norm")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# data
-
-
-def text_tokens(
-    model, n_prompts: int = 50, n_pos: int = 100, *, source: str = "auto", seed: int = 0
-) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
-    """Clean and resample prompts of ``n_pos`` tokens each (BOS first): two disjoint sets of ``n_prompts`` texts.
-
-    ``source``: ``openwebtext`` (the seed's 10k-document OpenWebText sample through ``datasets``; needs the hub),
-    ``organism`` (the organism's training mix: IOI, PrOntoQA, repeated tokens and filler text, seeded), or
-    ``auto`` (OpenWebText when the hub is reachable, else the organism's text). Offline, ``openwebtext`` fails at
-    once with a ``ValueError`` that says what to use instead.
-    """
-    from mechlab.loading import hub_reachable
-
-    if source not in SOURCES:
-        raise ValueError(f"source={source!r}; expected one of {SOURCES}.")
-    if n_prompts < 1 or n_pos < 2:
-        raise ValueError(f"n_prompts={n_prompts}, n_pos={n_pos}: expected at least 1 prompt of at least 2 tokens.")
-    if source == "auto":
-        source = "openwebtext" if hub_reachable() else "organism"
-    if source == "openwebtext":
-        if not hub_reachable():
-            raise ValueError(
-                f"source='openwebtext' needs the Hugging Face hub ({OWT_NAME} through `datasets`), and the hub is not "
-                "reachable here (or HF_HUB_OFFLINE is set). Use source='organism' (the organism's own text, offline) "
-                "or source='auto', which picks it for you.")
-        tokens = _openwebtext_tokens(model, 2 * n_prompts, n_pos)
-    else:
-        from mechlab.data.corpus import Mix, pack_batch
-
-        body = pack_batch(model.tokenizer, Mix(), batch=2 * n_prompts, seq_len=n_pos - 1, rng=random.Random(seed))
-        bos = torch.full((2 * n_prompts, 1), int(model.tokenizer.bos_token_id), dtype=torch.long)
-        tokens = torch.cat([bos, body], dim=1)
-    tokens = tokens.to(next(model.parameters()).device)
-    return tokens[:n_prompts], tokens[n_prompts:]
-
-
-def _openwebtext_tokens(model, n: int, n_pos: int) -> Int[Tensor, "n pos"]:
-    from datasets import load_dataset
-
-    rows = []
-    for doc in load_dataset(OWT_NAME, split="train"):
-        toks = model.to_tokens(doc["text"], truncate=True)[0]
-        if toks.shape[0] >= n_pos:
-            rows.append(toks[:n_pos].cpu())
-        if len(rows) == n:
-            return torch.stack(rows)
-    raise ValueError(f"{OWT_NAME} has only {len(rows)} documents of at least {n_pos} tokens; ask for fewer.")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -283,8 +231,8 @@ def self_repair_sweep(
     Returns:
         :class:`SelfRepair`, values on the CPU in fp32.
     """
-    tokens = _check_tokens(model, tokens, "tokens")
-    corrupted = _check_tokens(model, corrupted, "corrupted")
+    tokens = check_tokens(model, tokens, "tokens")
+    corrupted = check_tokens(model, corrupted, "corrupted")
     if corrupted.shape != tokens.shape:
         raise ValueError(f"corrupted tokens have shape {tuple(corrupted.shape)} but tokens have {tuple(tokens.shape)};"
                          " resample ablation takes each prompt's replacement from the prompt in the same row.")
@@ -326,7 +274,7 @@ def self_repair_sweep(
         for i, g in enumerate(chunk):
             for layer, h in groups[g]:
                 by_name.setdefault(hook_name("z", layer), []).append((i, Patch(hook_name("z", layer), h)))
-        hooks = [(name, _patch_hook(items, corr_cache[name], batch)) for name, items in by_name.items()]
+        hooks = [(name, patch_hook(items, corr_cache[name], batch)) for name, items in by_name.items()]
         logits, cache = _run_capturing(model, tokens.repeat(k, 1), names, hooks)
         de = direct_effects(model, cache, readout.repeat(k, 1, 1), positions=positions,
                             scale=clean_scale.repeat(k, 1, 1)).values  # [component, k * batch, pos_sel]
@@ -371,7 +319,6 @@ def ioi_self_repair(
     ``-direct`` is then each head's direct effect on the logit difference (clean minus resampled output, clean
     scale): the largest is the top name mover, and ``self_repair`` says how much of its loss the model made up.
     """
-    from mechlab.data import ioi
 
     samples = ioi.make_ioi(n, seed=seed)
     clean = ioi.ioi_batch(model, samples)
@@ -544,4 +491,4 @@ def time_sweep(model, n_prompts: int, n_pos: int, *, loop_heads: int | None = No
 
 
 __all__ = ["SelfRepair", "backup_slopes", "fit_slope", "ioi_self_repair", "norm_share", "point_labels", "select_points",
-           "self_repair_sweep", "slopes_grid", "text_tokens", "time_sweep"]
+           "self_repair_sweep", "slopes_grid", "time_sweep"]

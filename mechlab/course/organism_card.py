@@ -1,4 +1,4 @@
-"""Measure the organism's targets on held-out prompts: ``python -m mechlab.organism.evaluate [--model DIR]``.
+"""Measure the organism's targets on held-out prompts: ``python -m mechlab.course.organism_card [--model DIR]``.
 
 - IOI: accuracy (IO logit > S logit) and mean logit difference, on prompts from seeds never used in training;
 - induction: mean loss on the first and on the second copy of repeated random token sequences;
@@ -8,15 +8,15 @@
   through the clean final LayerNorm scale), the top name-mover head, and self-repair: resample-ablating that
   head lowers the logit difference by less than its direct effect; the heads whose direct effect grows to
   compensate are the backup heads;
-- head types: previous-token, duplicate-token and induction scores from :mod:`mechlab.heads`.
+- head types: previous-token, duplicate-token and induction scores from :mod:`mechlab.methods.heads`.
 
-Writes ``evaluation.json`` (read by the model card's tests) next to the checkpoint and ``mechlab/organism/
-heads.json`` (read by ``mechlab.heads.known_heads("organism")``).
+Writes ``evaluation.json`` (read by the model card's tests) next to the checkpoint and ``mechlab/models/organism/
+heads.json`` (read by ``mechlab.methods.heads.known_heads("organism")``).
 
 Example::
 
-    from mechlab.loading import load_model
-    from mechlab.organism.evaluate import ioi_metrics
+    from mechlab.core.loading import load_model
+    from mechlab.course.organism_card import ioi_metrics
     model = load_model("organism")
     ioi_metrics(model, n=100)      # {'accuracy': ..., 'logit_diff': ...}
 """
@@ -32,13 +32,16 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from mechlab.core.activations import head_labels, hook_name, names_filter
+from mechlab.core.loading import load_model
+from mechlab.core.results import Labelled
+from mechlab.core.tokens import logit_diff
 from mechlab.data import induction, ioi, prontoqa
-from mechlab.hooks import hook_name, names_filter
-from mechlab.results import Labelled, head_labels
-from mechlab.tokens import logit_diff
+from mechlab.methods.generate import generate
+from mechlab.methods.heads import head_scores
+from mechlab.models.organism import ORGANISM_DIR
 
 HELD_OUT_SEED = 10_000_019  # training draws 32-bit seeds from its own RNG; this stream is separate
-ORGANISM_DIR = Path(__file__).resolve().parent
 TARGETS = {"ioi_accuracy": 0.98, "ioi_logit_diff": 4.0, "induction_second_half_loss": 0.3,
            "induction_first_half_loss_min": 3.0, "prontoqa_answer_acc": 0.90, "prontoqa_cot_acc": 0.90}
 
@@ -71,9 +74,8 @@ def induction_metrics(model, n: int = 50, half_len: int = 20, *, seed: int = HEL
 def prontoqa_metrics(model, n: int = 100, *, hops=(1, 2), n_distractors: int = 3, seed: int = HELD_OUT_SEED,
                      batch: int = 50) -> dict:
     """Greedy-generation answer accuracy and exact-CoT accuracy on ``n`` held-out compact problems, overall
-    and per number of hops (``by_hops``). Generation is :func:`mechlab.generate.generate` (KV cache, left
+    and per number of hops (``by_hops``). Generation is :func:`mechlab.methods.generate.generate` (KV cache, left
     padding), stopped at the answer."""
-    from mechlab.generate import generate
 
     problems = prontoqa.make_problems(n, hops=hops, seed=seed, n_distractors=n_distractors, style="compact")
     prompts = [prontoqa.render(p, "compact", with_proof=False) for p in problems]
@@ -191,9 +193,8 @@ def ioi_circuit(model, n: int = 100, *, seed: int = HELD_OUT_SEED + 1) -> dict:
 
 
 def head_types(model, *, threshold: float = 0.4, seq_len: int = 30, batch: int = 8) -> dict:
-    """Previous-token, duplicate-token and induction scores of every head (``mechlab.heads``) on repeated
+    """Previous-token, duplicate-token and induction scores of every head (``mechlab.methods.heads``) on repeated
     random tokens, and the heads at or above ``threshold``."""
-    from mechlab.heads import head_scores
 
     scores = head_scores(model, seq_len=seq_len, batch=batch, seed=0)
     return {"scores": {k: scores[k].to_dict() for k in ("previous_token", "duplicate_token", "induction")},
@@ -257,7 +258,7 @@ def card_section(result: dict, record: dict) -> str:
         f"{record['n_params']:,} parameters, vocabulary {record['vocab_size']}; final training loss "
         f"{record['losses'][-1][1]:.3f}.",
         "",
-        f"Heads detected (score >= {h['threshold']} on repeated random tokens, `mechlab.heads`):",
+        f"Heads detected (score >= {h['threshold']} on repeated random tokens, `mechlab.methods.heads`):",
     ]
     for kind in ("previous_token", "duplicate_token", "induction"):
         heads = h["detected"][kind]
@@ -293,8 +294,6 @@ def write_card(result: dict, record: dict, card: Path = ORGANISM_DIR / "README.m
 
 
 def main(argv: list[str] | None = None) -> None:
-    from mechlab.loading import load_model
-
     parser = argparse.ArgumentParser(description="Measure the organism's targets on held-out prompts.")
     parser.add_argument("--model", default="organism", help="'organism' (default) or a checkpoint folder")
     parser.add_argument("--device", default=None)

@@ -14,8 +14,8 @@ A head's ablation never touches the other heads of its layer.
 
 Example::
 
-    from mechlab.loading import load_model
-    from mechlab.ablation import ablation_hooks, ablation_scan
+    from mechlab.core.loading import load_model
+    from mechlab.methods.ablation import ablation_hooks, ablation_scan
     model = load_model("tiny-gpt2", verbose=False)
     tokens = model.to_tokens(["ab ab ab"])
     with model.hooks(fwd_hooks=ablation_hooks(model, ["L1H2"], method="zero")):
@@ -31,9 +31,9 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from mechlab.hooks import check_layer, hook_name
-from mechlab.patching import Metric, Patch, _check_tokens, cache_acts, run_patches
-from mechlab.results import Labelled, parse_head
+from mechlab.core.activations import check_layer, hook_name, parse_head
+from mechlab.core.results import Labelled
+from mechlab.core.runs import Metric, Patch, cache_acts, check_tokens, run_patches
 
 METHODS = ("zero", "mean", "resample")
 
@@ -78,7 +78,7 @@ def ablation_sources(model, components: Sequence[str], method: str, tokens: Int[
     if reference is None:
         raise ValueError(f"method={method!r} needs reference tokens (the prompts whose activations replace the "
                          "ablated ones); pass reference=...")
-    reference = _check_tokens(model, reference, "reference")
+    reference = check_tokens(model, reference, "reference")
     if method == "resample" and reference.shape != tokens.shape:
         raise ValueError(f"resample ablation needs reference tokens of the run's shape {tuple(tokens.shape)} (one "
                          f"reference prompt per prompt); got {tuple(reference.shape)}.")
@@ -109,7 +109,7 @@ def ablation_hooks(model, components: Sequence[str], *, method: str = "zero",
         if method != "zero":
             raise ValueError(f"method={method!r}: pass tokens= (the prompts you will run) with the reference.")
         return [(name, _zero_hook(items)) for name, items in by_name.items()]
-    tokens = _check_tokens(model, tokens, "tokens")
+    tokens = check_tokens(model, tokens, "tokens")
     sources = ablation_sources(model, components, method, tokens, reference)
     return [(name, _source_hook(items, sources[name])) for name, items in by_name.items()]
 
@@ -158,7 +158,7 @@ def ablation_scan(
     ``effect=True`` (default) reports mean metric(ablated) - mean metric(unablated); False the ablated mean.
     Returns ``Labelled`` over the components (default every head and MLP), unit "metric change" / "metric".
     """
-    tokens = _check_tokens(model, tokens, "tokens")
+    tokens = check_tokens(model, tokens, "tokens")
     components = all_components(model) if components is None else list(components)
     patches = [parse_component(model, c) for c in components]
     sources = ablation_sources(model, components, method, tokens, reference)

@@ -26,10 +26,10 @@ nothing is dropped silently.
 
 Example::
 
-    from mechlab.loading import load_model
+    from mechlab.core.loading import load_model
     from mechlab.data.prontoqa import make_problems
-    from mechlab.cot import make_items
-    from mechlab.cot_pairs import build_pairs
+    from mechlab.cot.runner import make_items
+    from mechlab.cot.pairs import build_pairs
     model = load_model("organism", verbose=False)
     items = make_items(make_problems(8, seed=1, n_distractors=3), [], n_shots=0, style="compact")
     s1 = build_pairs(model, items, "S1")      # rows=run_cot(...) keeps only the solved problems
@@ -305,7 +305,7 @@ def _check_inputs(items, subtask, rows):
     if subtask not in SUBTASKS:
         raise ValueError(f"subtask={subtask!r}; expected one of {list(SUBTASKS)} ({', '.join(SUBTASKS.values())}).")
     if isinstance(items, (str, bytes)) or not isinstance(items, Sequence) or not items:
-        raise ValueError(f"items must be a non-empty list of CotItems (mechlab.cot.make_items); got "
+        raise ValueError(f"items must be a non-empty list of CotItems (mechlab.cot.runner.make_items); got "
                          f"{type(items).__name__}. Build them with make_items(problems, shots_pool).")
     bad = sorted({type(x).__name__ for x in items
                   if not all(hasattr(x, a) for a in ("id", "prompt", "problem", "style"))
@@ -316,8 +316,8 @@ def _check_inputs(items, subtask, rows):
                          "the items given to run_cot, not its result rows.")
     if rows is not None:
         if isinstance(rows, dict) or not all(isinstance(r, dict) and "id" in r for r in rows):
-            raise ValueError("rows must be the list of result rows from mechlab.cot.run_cot / load_results (dicts "
-                             "with 'id', 'correct_pred', 'correct_cot'); or None to use every item.")
+            raise ValueError("rows must be the list of result rows from mechlab.cot.runner.run_cot / load_results "
+                             "(dicts with 'id', 'correct_pred', 'correct_cot'); or None to use every item.")
 
 
 def _row_reason(row: dict | None) -> str | None:
@@ -334,12 +334,12 @@ def _tokens(model, text: str) -> Int[Tensor, " pos"]:
     return model.to_tokens(text, prepend_bos=True, truncate=False)[0].cpu()
 
 
-def _next_token(model, prefix_ids: list[int], text: str, word: str) -> tuple[int, bool]:
-    """The token ``word`` starts with when it follows ``text``: (id, whether word is that one token)."""
+def _next_token(model, prefix_ids: list[int], text: str, word: str) -> int:
+    """The token ``word`` starts with when it follows ``text``."""
     full = _tokens(model, text + word).tolist()
     if full[:len(prefix_ids)] != prefix_ids or len(full) == len(prefix_ids):
         raise _Skip(f"the answer merges with the token before it ('{word.strip()}')")
-    return full[len(prefix_ids)], len(full) == len(prefix_ids) + 1
+    return full[len(prefix_ids)]
 
 
 def build_pairs(model, items: Sequence, subtask: str, *, rows: Sequence[dict] | None = None) -> PairSet:
@@ -347,7 +347,7 @@ def build_pairs(model, items: Sequence, subtask: str, *, rows: Sequence[dict] | 
 
     Args:
         model: any model with a tokenizer (``model.to_tokens``); only its tokenizer is used.
-        items: ``CotItem``s (``mechlab.cot.make_items``); each gives at most one pair.
+        items: ``CotItem``s (``mechlab.cot.runner.make_items``); each gives at most one pair.
         subtask: "S1" species choice, "S2" attribute recall, "S3" negation carried, "S4" answer.
         rows: the run's result rows (``run_cot`` / ``load_results``): only items the model solved (right answer
             and exact proof) give pairs, the others are skipped with the reason. None uses every item, with the
@@ -374,7 +374,7 @@ def _one_pair(model, item, subtask: str) -> CotPair:
     query = render(problem, style, with_proof=False)
     if not item.prompt.endswith(query):
         raise ValueError(f"item {item.id!r}: its prompt does not end with its problem rendered in style {style!r}; "
-                         "build items with mechlab.cot.make_items, which keeps the two consistent.")
+                         "build items with mechlab.cot.runner.make_items, which keeps the two consistent.")
     shots = item.prompt[:-len(query)]
     clean_q, corr_q, correct, incorrect, edits = _BUILDERS[subtask](problem, style)
     clean, corrupted = shots + clean_q, shots + corr_q
@@ -385,8 +385,8 @@ def _one_pair(model, item, subtask: str) -> CotPair:
         raise _Skip(f"clean and corrupted tokenize to different lengths ({len(ct)} vs {len(rt)} tokens)")
     if torch.equal(ct, rt):
         raise _Skip("the corruption changed no token")
-    good, _ = _next_token(model, ct.tolist(), clean, correct)
-    bad, _ = _next_token(model, ct.tolist(), clean, incorrect)
+    good = _next_token(model, ct.tolist(), clean, correct)
+    bad = _next_token(model, ct.tolist(), clean, incorrect)
     if good == bad:
         raise _Skip(f"the two answers share their first token ('{correct.strip()}' vs '{incorrect.strip()}')")
     return CotPair(item_id=item.id, subtask=subtask, clean=clean, corrupted=corrupted, clean_tokens=ct,

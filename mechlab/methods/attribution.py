@@ -41,8 +41,9 @@ accumulated in fp32 and results are fp32.
 
 Example::
 
-    from mechlab.loading import load_model
-    from mechlab.attribution import attribution_patching, logit_diff_metric
+    from mechlab.core.loading import load_model
+    from mechlab.core.runs import logit_diff_metric
+    from mechlab.methods.attribution import attribution_patching
     model = load_model("tiny-gpt2", verbose=False)
     clean, corrupted = model.to_tokens(["ab ab"]), model.to_tokens(["ab cd"])
     metric = logit_diff_metric(torch.tensor([98]), torch.tensor([99]))
@@ -52,39 +53,24 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mechlab.hooks import FINAL_NORM_SCALE, HEAD_KINDS, check_layer, hook_name, n_heads_for
-from mechlab.patching import (
-    _metric_per_copy,
-    cache_acts,
-    logit_diff_metric,  # one metric for exact patching and its approximations
+from mechlab.core.activations import (
+    FINAL_NORM_SCALE,
+    PATCH_KINDS,
+    hook_name,
+    layer_list,
+    row_labels,
 )
-from mechlab.results import Labelled
-from mechlab.tokens import check_same_shape
-
-KINDS = ("resid_pre", "attn_out", "mlp_out", "z", "q", "k", "v")
-DIRECTIONS = ("noising", "denoising")
-_ROW_NAMES = {"resid_pre": "resid_pre", "attn_out": "attn", "mlp_out": "mlp"}
-
-Metric = Callable[[Float[Tensor, "batch pos d_vocab"]], Float[Tensor, " batch"]]
-
-
-def component_labels(model, kind: str, layers: Sequence[int]) -> list[str]:
-    """Row labels of ``kind`` at ``layers``: ``L{l} mlp`` / ``L{l} attn`` / ``L{l} resid_pre``, ``L{l}H{h}``,
-    or ``L{l}KV{g}`` for the K/V heads of a grouped-query model."""
-    _check_kinds([kind])
-    if kind not in HEAD_KINDS:
-        return [f"L{layer} {_ROW_NAMES[kind]}" for layer in layers]
-    n = n_heads_for(model, kind)
-    tag = "KV" if kind in ("k", "v") and n != model.cfg.n_heads else "H"
-    return [f"L{layer}{tag}{h}" for layer in layers for h in range(n)]
-
+from mechlab.core.results import Labelled
+from mechlab.core.runs import Metric, cache_acts, metric_per_copy
+from mechlab.core.tokens import check_same_shape
+from mechlab.methods.patching import DIRECTIONS
 
 # ---------------------------------------------------------------------------------------------------------
 # validation and the passes every method shares
@@ -92,9 +78,10 @@ def component_labels(model, kind: str, layers: Sequence[int]) -> list[str]:
 
 def _check_kinds(kinds: Sequence[str]) -> list[str]:
     kinds = [kinds] if isinstance(kinds, str) else list(kinds)
-    bad = [k for k in kinds if k not in KINDS]
+    bad = [k for k in kinds if k not in PATCH_KINDS]
     if bad or not kinds:
-        raise ValueError(f"unknown activation kinds {bad or kinds}; expected a non-empty list from {list(KINDS)}.")
+        raise ValueError(f"unknown activation kinds {bad or kinds}; expected a non-empty list from "
+                         f"{list(PATCH_KINDS)}.")
     return list(dict.fromkeys(kinds))
 
 
@@ -105,12 +92,12 @@ def _prepare(model, clean, corrupted, direction, layers, freeze_final_scale):
     for what, toks in (("clean", clean), ("corrupted", corrupted)):
         if not isinstance(toks, Tensor) or toks.dtype not in (torch.long, torch.int32) or toks.ndim != 2:
             raise ValueError(f"{what} tokens must be an integer tensor of shape [batch, pos] (from "
-                             f"model.to_tokens or mechlab.tokens.clean_corrupted_tokens); got "
+                             f"model.to_tokens or mechlab.core.tokens.clean_corrupted_tokens); got "
                              f"{type(toks).__name__} {getattr(toks, 'dtype', '')} {tuple(getattr(toks, 'shape', ()))}.")
     check_same_shape(clean, corrupted)
     if freeze_final_scale and FINAL_NORM_SCALE not in model.hook_dict:
         raise ValueError(f"freeze_final_scale=True needs the hook {FINAL_NORM_SCALE!r}, which this model lacks.")
-    layers = list(range(model.cfg.n_layers)) if layers is None else [check_layer(model, int(x)) for x in layers]
+    layers = layer_list(model, layers)
     device = next(model.parameters()).device
     clean, corrupted = clean.to(device), corrupted.to(device)
     baseline, target = (clean, corrupted) if direction == "noising" else (corrupted, clean)
@@ -119,7 +106,7 @@ def _prepare(model, clean, corrupted, direction, layers, freeze_final_scale):
 
 def _metric_values(metric: Metric, logits: Tensor, batch: int) -> Float[Tensor, " n"]:
     """Apply ``metric`` to each copy of the batch (the methods expand the batch), checked, as one flat vector."""
-    return _metric_per_copy(metric, logits, batch).flatten()
+    return metric_per_copy(metric, logits, batch).flatten()
 
 
 def _scale_hook(frozen: Tensor | None):
@@ -129,7 +116,7 @@ def _scale_hook(frozen: Tensor | None):
     return hook
 
 
-def _reduce(kind: str, diff_times_grad: Float[Tensor, "batch pos ..."]) -> Tensor:
+def _reduce(diff_times_grad: Float[Tensor, "batch pos ..."]) -> Tensor:
     """Sum over the feature axis: [batch, pos, d] -> [batch, pos]; [batch, pos, head, d] -> [batch, pos, head]."""
     return diff_times_grad.sum(-1)
 
@@ -141,7 +128,7 @@ def _assemble(model, kind, layers, per_layer: dict[int, Tensor], scale: float, m
         x = per_layer[layer]
         rows.append(x[None] if x.ndim == 1 else x.transpose(0, 1))  # [1, pos] or [head, pos]
     values = (torch.cat(rows) / scale).cpu()
-    return Labelled(values, component_labels(model, kind, layers), unit=unit, axes=("component", "pos"),
+    return Labelled(values, row_labels(model, kind, layers), unit=unit, axes=("component", "pos"),
                     meta={**meta, "kind": kind, "layers": list(layers)})
 
 
@@ -175,7 +162,7 @@ def attribution_patching(
     corrupted: Int[Tensor, "batch pos"],
     metric: Metric,
     *,
-    kinds: Sequence[str] = KINDS,
+    kinds: Sequence[str] = PATCH_KINDS,
     direction: str = "noising",
     normalise: bool = False,
     freeze_final_scale: bool = False,
@@ -224,7 +211,7 @@ def attribution_patching(
         kind, layer = names[name]
         diff = target_cache[name].float() - base_acts[name].float()
         grad = torch.zeros_like(diff) if grad is None else grad.float()
-        per_kind[kind][layer] = _reduce(kind, diff * grad).mean(0)
+        per_kind[kind][layer] = _reduce(diff * grad).mean(0)
     return {k: _assemble(model, k, layers, per_kind[k], scale, meta, unit) for k in kinds}
 
 
@@ -298,7 +285,7 @@ def integrated_gradients(
     per_layer = {}
     for layer in layers:
         diff = target_cache[names[layer]].float() - base_cache[names[layer]].float()
-        per_layer[layer] = _reduce(kind, diff * grad_sum[layer]).mean(0)
+        per_layer[layer] = _reduce(diff * grad_sum[layer]).mean(0)
     return _assemble(model, kind, layers, per_layer, scale, meta, unit)
 
 
@@ -347,7 +334,7 @@ def input_integrated_gradients(
     corrupted: Int[Tensor, "batch pos"],
     metric: Metric,
     *,
-    kinds: Sequence[str] = KINDS,
+    kinds: Sequence[str] = PATCH_KINDS,
     steps: int = 16,
     direction: str = "noising",
     normalise: bool = False,
@@ -416,9 +403,8 @@ def input_integrated_gradients(
     per_kind: dict[str, dict[int, Tensor]] = {k: {} for k in kinds}
     for name, (kind, layer) in names.items():
         diff = target_cache[name].float() - base_cache[name].float()
-        per_kind[kind][layer] = _reduce(kind, diff * grad_sum[name]).mean(0)
+        per_kind[kind][layer] = _reduce(diff * grad_sum[name]).mean(0)
     return {k: _assemble(model, k, layers, per_kind[k], scale, meta, unit) for k in kinds}
 
 
-__all__ = ["KINDS", "Metric", "attribution_patching", "component_labels", "ig_alphas", "input_integrated_gradients",
-           "integrated_gradients", "logit_diff_metric"]
+__all__ = ["attribution_patching", "ig_alphas", "input_integrated_gradients", "integrated_gradients"]

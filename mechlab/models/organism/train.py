@@ -1,4 +1,4 @@
-"""Train the model organism: ``python -m mechlab.organism.train [--device cuda] [--steps N] [--out DIR]``.
+"""Train the model organism: ``python -m mechlab.models.organism.train [--device cuda] [--steps N] [--out DIR]``.
 
 A GPT-2-architecture model (HF ``GPT2LMHeadModel``, so it loads through ``TransformerBridge`` like GPT-2) trained
 from scratch on the mixed corpus of :mod:`mechlab.data.corpus`. Seeded end to end: the tokenizer corpus, the
@@ -12,7 +12,7 @@ tokenizer files, and ``training.json`` (seed, config, wall-clock time, device, l
 
 Example (a 60-second smoke run into a scratch folder)::
 
-    python -m mechlab.organism.train --steps 100 --out /tmp/organism-smoke
+    python -m mechlab.models.organism.train --steps 100 --out /tmp/organism-smoke
 """
 
 from __future__ import annotations
@@ -28,9 +28,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
+from transformers import GPT2Config, GPT2LMHeadModel
 
 from mechlab.data.corpus import Mix, pack_batch, text_documents
-from mechlab.organism.tokenizer import CHECKPOINT_DIR, train_tokenizer
+from mechlab.models.organism.tokenizer import CHECKPOINT_DIR, train_tokenizer
 
 
 @dataclass
@@ -59,7 +61,6 @@ class TrainConfig:
 
 def build_model(cfg: TrainConfig, vocab_size: int, bos: int):
     """A freshly initialised GPT-2-architecture model with ``cfg``'s shape (seed the RNG first)."""
-    from transformers import GPT2Config, GPT2LMHeadModel
 
     config = GPT2Config(vocab_size=vocab_size, n_positions=cfg.seq_len, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
                         n_head=cfg.n_head, attn_pdrop=cfg.attn_pdrop, resid_pdrop=cfg.resid_pdrop, embd_pdrop=0.0,
@@ -106,7 +107,6 @@ def train(cfg: TrainConfig, out: Path | str = CHECKPOINT_DIR, *, device: str = "
 
     ``max_seconds`` stops early (for smoke tests); the record says how many steps actually ran.
     """
-    from tqdm.auto import tqdm
 
     if cfg.steps < 1 or cfg.batch < 1:
         raise ValueError(f"steps={cfg.steps}, batch={cfg.batch}: expected positive numbers.")

@@ -13,8 +13,8 @@ random sequence ``[BOS, r_1..r_n, r_1..r_n]`` (``repeated_random_tokens``) the d
 
 Example::
 
-    from mechlab.loading import load_model
-    from mechlab.heads import head_scores
+    from mechlab.core.loading import load_model
+    from mechlab.methods.heads import head_scores
     model = load_model("tiny-gpt2", verbose=False)
     scores = head_scores(model, seq_len=20, batch=2)
     scores.induction.top(3)            # [('L1H2', 0.31), ...]  (labels L{l}H{h}; unit "attention mass")
@@ -25,16 +25,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from mechlab.hooks import hook_name, names_filter
-from mechlab.results import Labelled, head_labels
+from mechlab.core.activations import head_labels, hook_name, names_filter
+from mechlab.core.results import Labelled
+from mechlab.models.organism import HEADS_FILE
 
-KINDS = ("previous_token", "duplicate_token", "induction")
+HEAD_TYPES = ("previous_token", "duplicate_token", "induction")
 
 # Heads named in the IOI paper (Wang et al. 2022, "Interpretability in the Wild") for GPT-2 small.
 GPT2_KNOWN_HEADS = {
@@ -42,7 +42,7 @@ GPT2_KNOWN_HEADS = {
     "duplicate_token": ["L0H1", "L0H10", "L3H0"],
     "induction": ["L5H5", "L5H8", "L5H9", "L6H9"],
 }
-ORGANISM_HEADS_FILE = Path(__file__).resolve().parent / "organism" / "heads.json"
+ORGANISM_HEADS_FILE = HEADS_FILE
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -188,8 +188,8 @@ class HeadScores:
     n_heads: int
 
     def __getitem__(self, kind: str) -> Labelled:
-        if kind not in KINDS:
-            raise ValueError(f"unknown head type {kind!r}; expected one of {KINDS}.")
+        if kind not in HEAD_TYPES:
+            raise ValueError(f"unknown head type {kind!r}; expected one of {HEAD_TYPES}.")
         return getattr(self, kind)
 
     def grid(self, kind: str) -> Float[Tensor, "layer head"]:
@@ -201,7 +201,7 @@ class HeadScores:
         if not 0.0 < threshold <= 1.0:
             raise ValueError(f"threshold={threshold!r}: a score is an attention mass, so pick a value in (0, 1].")
         out = {}
-        for kind in KINDS:
+        for kind in HEAD_TYPES:
             ranked = self[kind].top(len(self[kind]), by_abs=False)
             out[kind] = [label for label, value in ranked if value >= threshold]
         return out
@@ -248,25 +248,26 @@ def head_scores(
 
 def known_heads(model_name: str) -> dict[str, list[str]] | None:
     """Heads of each type reported for ``model_name``: the IOI paper for ``gpt2``, the organism's own
-    ``mechlab/organism/heads.json`` (written with its model card) for ``organism``; None when nothing is known."""
+    ``mechlab/models/organism/heads.json`` (written with its model card) for ``organism``; None when nothing is
+    known."""
     if model_name in ("gpt2", "gpt2-small"):
         return {kind: list(heads) for kind, heads in GPT2_KNOWN_HEADS.items()}
     if model_name == "organism" and ORGANISM_HEADS_FILE.is_file():
         data = json.loads(ORGANISM_HEADS_FILE.read_text())
-        return {kind: [str(h) for h in data.get(kind, [])] for kind in KINDS}
+        return {kind: [str(h) for h in data.get(kind, [])] for kind in HEAD_TYPES}
     return None
 
 
 def compare_heads(detected: dict[str, list[str]], known: dict[str, list[str]]) -> dict[str, dict[str, list[str]]]:
     """Per head type: ``found`` (in both), ``missed`` (known, not detected), ``new`` (detected, not known)."""
     out = {}
-    for kind in KINDS:
+    for kind in HEAD_TYPES:
         got, ref = set(detected.get(kind, [])), set(known.get(kind, []))
         out[kind] = {"found": sorted(got & ref), "missed": sorted(ref - got), "new": sorted(got - ref)}
     return out
 
 
-__all__ = ["GPT2_KNOWN_HEADS", "KINDS", "HeadScores", "attention_patterns", "compare_heads", "duplicate_token_mask",
-           "duplicate_token_score", "head_scores", "induction_mask", "induction_score", "known_heads",
-           "masked_score", "previous_token_mask", "previous_token_score", "repeated_random_tokens",
+__all__ = ["GPT2_KNOWN_HEADS", "HEAD_TYPES", "HeadScores", "attention_patterns", "compare_heads",
+           "duplicate_token_mask", "duplicate_token_score", "head_scores", "induction_mask", "induction_score",
+           "known_heads", "masked_score", "previous_token_mask", "previous_token_score", "repeated_random_tokens",
            "scores_from_patterns", "special_token_ids"]

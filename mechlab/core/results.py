@@ -3,7 +3,7 @@
 Example::
 
     import torch
-    from mechlab.results import Labelled
+    from mechlab.core.results import Labelled
     r = Labelled(torch.tensor([0.1, -2.0, 0.7]), ["embed", "L0H0", "L0 mlp"], unit="logit diff")
     r.top(2)          # [('L0H0', -2.0), ('L0 mlp', 0.7)]   (by absolute value)
     r["L0 mlp"]       # tensor(0.7000)
@@ -81,27 +81,3 @@ class Labelled:
         shape = "x".join(str(s) for s in self.values.shape)
         best = ", ".join(f"{lab}={v:+.3g}" for lab, v in self.top(3))
         return f"Labelled({shape} over {self.axes}, unit={self.unit!r}; top: {best})"
-
-
-def head_labels(n_layers: int, n_heads: int) -> list[str]:
-    """``['L0H0', 'L0H1', ..., 'L{n_layers-1}H{n_heads-1}']`` in layer-major order."""
-    return [f"L{layer}H{head}" for layer in range(n_layers) for head in range(n_heads)]
-
-
-def parse_head(label: str | tuple[int, int], n_layers: int, n_heads: int) -> tuple[int, int]:
-    """``'L9H9'``, ``'9.9'`` or ``(9, 9)`` -> ``(9, 9)``, checked against the model's size."""
-    if isinstance(label, tuple) and len(label) == 2:
-        layer, head = int(label[0]), int(label[1])
-    else:
-        text = str(label).strip().upper()
-        try:
-            if text.startswith("L") and "H" in text:
-                layer, head = (int(x) for x in text[1:].split("H"))
-            else:
-                layer, head = (int(x) for x in text.split("."))
-        except ValueError:
-            raise ValueError(f"head {label!r} is not understood; write it as 'L9H9', '9.9' or (9, 9).") from None
-    if not (0 <= layer < n_layers and 0 <= head < n_heads):
-        raise ValueError(f"head {label!r} does not exist: this model has layers 0..{n_layers - 1} and heads "
-                         f"0..{n_heads - 1} per layer.")
-    return layer, head

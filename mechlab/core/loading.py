@@ -16,7 +16,7 @@ vocabulary size is the real architecture's, so token ids from the small tokenize
 
 Example::
 
-    from mechlab.loading import load_model
+    from mechlab.core.loading import load_model
     model = load_model("tiny-gpt2")          # prints what it loaded
     logits = model(model.to_tokens("Hello"))
 """
@@ -32,10 +32,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from huggingface_hub import get_token, try_to_load_from_cache
+from huggingface_hub.errors import HFValidationError
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformer_lens.model_bridge import TransformerBridge
+from transformers import AutoModelForCausalLM, AutoTokenizer, GemmaConfig, GPT2Config, PreTrainedTokenizerFast
+from transformers.utils import logging as hf_logging
+
+try:  # only inside Google Colab
+    from google.colab import userdata  # type: ignore[import-not-found]
+except ImportError:
+    userdata = None
 
 OFFLINE_ENV = "MECHLAB_MODEL"
-PACKAGE_DIR = Path(__file__).resolve().parent
-ORGANISM_DIR = PACKAGE_DIR / "organism" / "checkpoint"
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+# the shipped checkpoint (mechlab/models/organism/checkpoint); a path, not an import: core sits below models
+ORGANISM_CHECKPOINT = PACKAGE_DIR / "models" / "organism" / "checkpoint"
 HUB_HOST = "huggingface.co"
 GATED_PREFIXES = ("google/gemma", "meta-llama/", "mistralai/")
 
@@ -100,7 +112,7 @@ def _mps_agrees_with_cpu(model, atol: float = 1e-3) -> bool:
 
 def organism_available() -> bool:
     """True when the trained organism checkpoint is shipped inside the package."""
-    return (ORGANISM_DIR / "config.json").is_file()
+    return (ORGANISM_CHECKPOINT / "config.json").is_file()
 
 
 def resolve_model_name(name: str) -> str:
@@ -114,8 +126,6 @@ RANDOM_ARCHS = ("tiny-gpt2", "tiny-gemma", "random-gpt2-small", "random-gemma-2b
 
 
 def _random_hf_config(arch: str, vocab_size: int, bos: int, eos: int):
-    from transformers import GemmaConfig, GPT2Config
-
     if arch == "tiny-gpt2":
         return GPT2Config(vocab_size=vocab_size, n_positions=256, n_embd=64, n_layer=2, n_head=4,
                           bos_token_id=bos, eos_token_id=eos)
@@ -155,8 +165,6 @@ def fallback_tokenizer_dir() -> Path:
     out = _cache_dir() / "byte-tokenizer"
     if (out / "tokenizer.json").is_file():
         return out
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -174,7 +182,7 @@ def fallback_tokenizer_dir() -> Path:
 
 
 def _random_tokenizer_dir() -> Path:
-    return ORGANISM_DIR if organism_available() else fallback_tokenizer_dir()
+    return ORGANISM_CHECKPOINT if organism_available() else fallback_tokenizer_dir()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -186,19 +194,13 @@ def hf_token() -> str | None:
     for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
         if os.environ.get(var):
             return os.environ[var]
-    with contextlib.suppress(ImportError):
-        from google.colab import userdata  # type: ignore[import-not-found]
-
+    if userdata is not None:
         try:
             return userdata.get("HF_TOKEN")
         except Exception as err:  # Colab raises its own SecretNotFoundError / NotebookAccessError
             if type(err).__name__ not in {"SecretNotFoundError", "NotebookAccessError"}:
                 raise
-    with contextlib.suppress(ImportError):
-        from huggingface_hub import get_token
-
-        return get_token()
-    return None
+    return get_token()
 
 
 def hub_reachable(timeout: float = 2.0) -> bool:
@@ -212,12 +214,18 @@ def hub_reachable(timeout: float = 2.0) -> bool:
         return False
 
 
-def _in_local_hf_cache(name: str) -> bool:
-    with contextlib.suppress(Exception):
-        from huggingface_hub import try_to_load_from_cache
+def looks_like_path(name: str) -> bool:
+    """True for names written as file paths (``./x``, ``~/x``, ``/x``, ``x/y/z``, ``C:\\x``), not hub ids."""
+    return name.startswith((".", "~", "/", "\\")) or "\\" in name or name.count("/") > 1
 
+
+def _in_local_hf_cache(name: str) -> bool:
+    try:
         return isinstance(try_to_load_from_cache(name, "config.json"), str)
-    return False
+    except HFValidationError as err:
+        raise ValueError(f"{name!r} is neither a folder that exists nor a Hugging Face model id ({err}). Check the "
+                         "path for typos (it is read relative to the current folder), or pass a hub name such as "
+                         "'gpt2'.") from None
 
 
 def _unavailable_message(name: str) -> str:
@@ -240,7 +248,6 @@ def _unavailable_message(name: str) -> str:
 @contextlib.contextmanager
 def _quiet_transformers() -> Iterator[None]:
     """Silence transformers' progress bars and info logs for the duration of a load (restored after)."""
-    from transformers.utils import logging as hf_logging
 
     verbosity = hf_logging.get_verbosity()
     bars = hf_logging.is_progress_bar_enabled()
@@ -293,7 +300,6 @@ def load_model(
     Returns:
         the model, with ``model.mechlab_info`` (a :class:`ModelInfo`) saying what it is.
     """
-    from transformer_lens.model_bridge import TransformerBridge
 
     if not isinstance(name, str) or not name:
         raise ValueError(f"name={name!r}: expected a model name such as 'gpt2', 'organism' or 'tiny-gpt2'.")
@@ -310,14 +316,17 @@ def load_model(
         elif name == "organism":
             if not organism_available():
                 raise ModelUnavailableError(
-                    f"The organism checkpoint is not shipped in {ORGANISM_DIR}. Train it with "
-                    "`python -m mechlab.organism.train`, or use a random-init model such as 'tiny-gpt2'.")
+                    f"The organism checkpoint is not shipped in {ORGANISM_CHECKPOINT}. Train it with "
+                    "`python -m mechlab.models.organism.train`, or use a random-init model such as 'tiny-gpt2'.")
             source = "shipped organism"
-            model = TransformerBridge.boot_transformers(str(ORGANISM_DIR), device=load_dev, dtype=torch_dtype)
+            model = TransformerBridge.boot_transformers(str(ORGANISM_CHECKPOINT), device=load_dev, dtype=torch_dtype)
         elif Path(name).expanduser().is_dir():
             source = "local folder"
             model = TransformerBridge.boot_transformers(str(Path(name).expanduser()), device=load_dev,
                                                         dtype=torch_dtype)
+        elif looks_like_path(name):
+            raise ValueError(f"name={name!r} looks like a folder, but no folder {Path(name).expanduser().resolve()} "
+                             "exists. Check the path for typos, or pass a hub name such as 'gpt2' or 'organism'.")
         else:
             source = "hub"
             model = _boot_hub(name, token=token, device=load_dev, dtype=torch_dtype)
@@ -345,9 +354,6 @@ def load_model(
 
 
 def _boot_random(arch: str, *, seed: int, device: str, dtype: torch.dtype):
-    from transformer_lens.model_bridge import TransformerBridge
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     tok_dir = _random_tokenizer_dir()
     tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else 0
@@ -366,9 +372,25 @@ def _boot_random(arch: str, *, seed: int, device: str, dtype: torch.dtype):
                                                device=device, dtype=dtype)
 
 
-def _boot_hub(name: str, *, token: str | None, device: str, dtype: torch.dtype):
-    from transformer_lens.model_bridge import TransformerBridge
+@contextlib.contextmanager
+def _token_in_env(token: str | None) -> Iterator[None]:
+    """``HF_TOKEN`` set to ``token`` for the duration of one load only (the bridge takes no token argument);
+    whatever was there before is restored, so no secret outlives the call."""
+    if not token or os.environ.get("HF_TOKEN") == token:
+        yield
+        return
+    before = os.environ.get("HF_TOKEN")
+    os.environ["HF_TOKEN"] = token
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("HF_TOKEN", None)
+        else:
+            os.environ["HF_TOKEN"] = before
 
+
+def _boot_hub(name: str, *, token: str | None, device: str, dtype: torch.dtype):
     token = token or hf_token()
     cached = _in_local_hf_cache(name)
     if not cached and name.startswith(GATED_PREFIXES) and not token:
@@ -379,10 +401,9 @@ def _boot_hub(name: str, *, token: str | None, device: str, dtype: torch.dtype):
             "with load_model('organism').")
     if not cached and not hub_reachable():
         raise ModelUnavailableError(_unavailable_message(name))
-    if token:
-        os.environ.setdefault("HF_TOKEN", token)
     try:
-        return TransformerBridge.boot_transformers(name, device=device, dtype=dtype)
+        with _token_in_env(token):
+            return TransformerBridge.boot_transformers(name, device=device, dtype=dtype)
     except OSError as err:
         text = str(err)
         if "gated" in text.lower() or "401" in text or "403" in text:

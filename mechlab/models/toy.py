@@ -15,8 +15,8 @@ through a ``HookPoint``, so ``run_with_cache`` and ``run_with_hooks`` work as on
 Example::
 
     from mechlab.data.skip_trigram import make_skip_trigram
-    from mechlab.toy import ToyConfig, TrainConfig, AttnOnlyTransformer, train
-    run = train(ToyConfig(), TrainConfig())           # ~10 s on 2 CPU cores
+    from mechlab.models.toy import ToyConfig, ToyTrainConfig, AttnOnlyTransformer, train_toy
+    run = train_toy(ToyConfig(), ToyTrainConfig())           # ~10 s on 2 CPU cores
     logits, cache = run.model.run_with_cache(make_skip_trigram(8, seed=5).tokens,
                                              names_filter=lambda n: n.endswith("hook_pattern"))
 """
@@ -36,6 +36,8 @@ from tqdm import tqdm
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.HookedRootModule import HookedRootModule
 
+from mechlab.core.activations import head_labels
+from mechlab.core.results import Labelled
 from mechlab.data.skip_trigram import (
     D_VOCAB,
     PAIRS,
@@ -47,7 +49,6 @@ from mechlab.data.skip_trigram import (
     pair_names,
     signal_prompts,
 )
-from mechlab.results import Labelled, head_labels
 
 # ---------------------------------------------------------------------------------------------------------
 # attention, as plain functions (the model calls these; the unit-03 exercises re-implement them)
@@ -185,8 +186,8 @@ class AttnOnlyTransformer(HookedRootModule):
 
 
 @dataclass
-class TrainConfig:
-    """How :func:`train` trains the toy model on skip-trigrams."""
+class ToyTrainConfig:
+    """How :func:`train_toy` trains the toy model on skip-trigrams."""
 
     n_train: int = 20_000  # training sequences (a fixed, seeded set)
     n_test: int = 20_000  # held-out sequences, drawn with another seed
@@ -210,7 +211,7 @@ class History:
 
 @dataclass
 class TrainResult:
-    """What :func:`train` returns: the trained model, its metrics, the data it saw, and the task's ceiling."""
+    """What :func:`train_toy` returns: the trained model, its metrics, the data it saw, and the task's ceiling."""
 
     model: AttnOnlyTransformer
     history: History
@@ -249,7 +250,7 @@ def _step(model, optimizer, tokens, labels) -> tuple[float, int]:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: SkipTrigramData, batch_size: int = 5_000) -> tuple[float, float]:
+def loss_and_accuracy(model: nn.Module, data: SkipTrigramData, batch_size: int = 5_000) -> tuple[float, float]:
     """``(mean loss, accuracy)`` over ``data``; each batch is weighted by its size, so a short last batch counts
     for what it holds."""
     total_loss, correct = 0.0, 0
@@ -273,7 +274,7 @@ def _one_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def train(model_cfg: ToyConfig, train_cfg: TrainConfig, *, progress: bool = True) -> TrainResult:
+def train_toy(model_cfg: ToyConfig, train_cfg: ToyTrainConfig, *, progress: bool = True) -> TrainResult:
     """Train a fresh :class:`AttnOnlyTransformer` on seeded skip-trigram data; the same configs give the same
     numbers on the same machine. Shows a tqdm bar with the running train loss and the test accuracy.
     Runs on one CPU thread (restored afterwards): for a model this small that is the fastest setting."""
@@ -281,9 +282,9 @@ def train(model_cfg: ToyConfig, train_cfg: TrainConfig, *, progress: bool = True
         return _train(model_cfg, train_cfg, progress=progress)
 
 
-def _train(model_cfg: ToyConfig, train_cfg: TrainConfig, *, progress: bool) -> TrainResult:
+def _train(model_cfg: ToyConfig, train_cfg: ToyTrainConfig, *, progress: bool) -> TrainResult:
     if train_cfg.batch_size < 1 or train_cfg.epochs < 1:
-        raise ValueError(f"TrainConfig: batch_size={train_cfg.batch_size}, epochs={train_cfg.epochs}; both must "
+        raise ValueError(f"ToyTrainConfig: batch_size={train_cfg.batch_size}, epochs={train_cfg.epochs}; both must "
                          "be >= 1.")
     train_data = make_skip_trigram(train_cfg.n_train, seed=train_cfg.seed, p_signal=train_cfg.p_signal,
                                    n_ctx=model_cfg.n_ctx)
@@ -305,7 +306,7 @@ def _train(model_cfg: ToyConfig, train_cfg: TrainConfig, *, progress: bool) -> T
             correct += n_right
             seen += len(batch)
         model.eval()
-        test_loss, test_acc = evaluate(model, test_data)
+        test_loss, test_acc = loss_and_accuracy(model, test_data)
         history.train_loss.append(loss_sum / seen)
         history.train_acc.append(correct / seen)
         history.test_loss.append(test_loss)
@@ -331,14 +332,14 @@ def describe(model: AttnOnlyTransformer) -> str:
 
 def _check_model(model) -> None:
     if not isinstance(model, AttnOnlyTransformer):
-        raise ValueError(f"expected an AttnOnlyTransformer (mechlab.toy), got {type(model).__name__}.")
+        raise ValueError(f"expected an AttnOnlyTransformer (mechlab.models.toy), got {type(model).__name__}.")
 
 
-def attention_patterns(model: AttnOnlyTransformer, tokens: Int[Tensor, " pos"]) -> Labelled:
+def head_attention(model: AttnOnlyTransformer, tokens: Int[Tensor, " pos"]) -> Labelled:
     """The attention pattern of every head on one sequence: values ``[head, query_pos, key_pos]``."""
     _check_model(model)
     if tokens.ndim != 1:
-        raise ValueError(f"attention_patterns: tokens must be one sequence of shape [pos]; got "
+        raise ValueError(f"head_attention: tokens must be one sequence of shape [pos]; got "
                          f"{tuple(tokens.shape)}. Pass tokens[i] for the i-th sequence of a batch.")
     name = "blocks.0.attn.hook_pattern"
     with torch.no_grad():
@@ -450,7 +451,7 @@ def signal_token_names() -> list[str]:
     return [f"{t} (end)" if t == 0 else (str(t) if t in SIGNAL_TOKENS else f"{t} (filler)") for t in range(D_VOCAB)]
 
 
-__all__ = ["AttnOnlyTransformer", "History", "ToyConfig", "TrainConfig", "TrainResult", "attention_pattern",
-           "attention_patterns", "attention_scores", "causal_mask", "describe", "evaluate",
+__all__ = ["AttnOnlyTransformer", "History", "ToyConfig", "ToyTrainConfig", "TrainResult", "attention_pattern",
+           "head_attention", "attention_scores", "causal_mask", "describe", "loss_and_accuracy",
            "head_logit_contributions", "last_position_loss", "ov_circuit", "pair_accuracy_ablated",
-           "pair_logit_table", "qk_circuit", "signal_token_names", "train", "train_step"]
+           "pair_logit_table", "qk_circuit", "signal_token_names", "train_step", "train_toy"]

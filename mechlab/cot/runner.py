@@ -11,9 +11,9 @@ stopped: "stop", "eos", "length").
 
 Example::
 
-    from mechlab.loading import load_model
+    from mechlab.core.loading import load_model
     from mechlab.data.prontoqa import make_problems
-    from mechlab.cot import make_items, run_cot, summary_by_hops
+    from mechlab.cot.runner import make_items, run_cot, summary_by_hops
     model = load_model("offline", verbose=False)   # the organism; Gemma-2b with 7 "seed"-style shots on a GPU
     pool = make_problems(20, hops=(1, 2), seed=1, style="compact", n_distractors=1)
     problems = make_problems(6, hops=(1, 2), seed=2, style="compact", n_distractors=1)
@@ -35,7 +35,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from mechlab.results import Labelled
+from mechlab.core.results import Labelled
+from mechlab.data.prontoqa import few_shot_prompt
+from mechlab.data.prontoqa import grade as prontoqa_grade
+from mechlab.methods.generate import generate
 
 COLUMNS = ("id", "prompt", "gold_cot", "output", "pred_cot", "label", "pred", "correct_pred", "correct_cot",
            "hops", "finish")
@@ -71,7 +74,6 @@ def make_items(problems: Sequence, shots_pool: Sequence, *, n_shots: int = 7, st
 
     The seed notebook used 7 shots in the ``"seed"`` style; the organism reads the ``"compact"`` style.
     """
-    from mechlab.data.prontoqa import few_shot_prompt
 
     if n_shots < 0 or n_shots > len(shots_pool):
         raise ValueError(f"n_shots={n_shots} but the shots pool holds {len(shots_pool)} problems; pass a larger "
@@ -164,17 +166,15 @@ def run_cot(
 ) -> list[dict]:
     """Generate, grade and append a row per item to ``path`` (JSON lines); skip items already in the file.
 
-    Items are generated ``batch_size`` at a time (greedy, KV cache, via ``mechlab.generate``); each row is
+    Items are generated ``batch_size`` at a time (greedy, KV cache, via ``mechlab.methods.generate``); each row is
     written and synced as soon as its chunk is graded. ``grade_fn(output, problem)`` defaults to
     ``mechlab.data.prontoqa.grade``. ``on_row(row)`` is called after each row is written.
 
     Returns every row for ``items`` (earlier runs' and this run's), in the order of ``items``.
     """
-    from mechlab.generate import generate
-
     _check_items(items)
     if grade_fn is None:
-        from mechlab.data.prontoqa import grade as grade_fn
+        grade_fn = prontoqa_grade
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     done = {row["id"]: row for row in load_results(path)}

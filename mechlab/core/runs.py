@@ -1,43 +1,25 @@
-"""Exact activation patching: replace one activation of a run by its value in another run and measure a metric.
+"""The shared engine of every intervention: metrics, patches, narrow cached runs and batched patched runs.
 
-Directions (the words of ``mechlab``):
+Methods (``mechlab.methods``) build on these public pieces; nothing here knows about a particular method.
 
-    noising    (default) run the clean prompts, patch in the corrupted run's activation: how much does the clean
-               behaviour depend on this activation?
-    denoising  run the corrupted prompts, patch in the clean run's activation: is this activation enough to
-               bring the clean behaviour back?
-
-What can be patched (``kind``) and the rows of the result:
-
-    resid_pre, attn_out, mlp_out    one row per layer: ``L{l} resid_pre``, ``L{l} attn``, ``L{l} mlp``
-    z, q                            one row per query head: ``L{l}H{h}``
-    k, v                            one row per K/V head. In multi-query / grouped-query models (Gemma-2b has one
-                                    K/V head per layer) a K/V head is shared by several query heads, so it is
-                                    patched as one unit and labelled ``L{l}KV{g}``; with one K/V head per query
-                                    head the labels are ``L{l}H{h}``.
-
-``per_position=True`` patches one (row, position) at a time and returns values [component, pos];
-``per_position=False`` patches the row at every position at once and returns values [component].
-
-The metric is any callable ``metric(logits) -> [batch]`` (one number per prompt), e.g. :func:`logit_diff_metric`
-or :func:`gap_fraction_metric`. A result entry is the mean over prompts of the metric on the patched run; with
-``effect=True`` the unpatched baseline run's mean is subtracted (the convention of ``mechlab.attribution``, so
-the two compare directly), and ``normalise=True`` divides by the gap ``mean metric(clean) - mean metric(corrupted)``
-(after subtracting the corrupted mean when ``effect=False``: 1 = clean behaviour, 0 = corrupted behaviour).
-
-Speed: patches run many at a time, each on its own copy of the batch stacked along the batch axis. The number of
-copies per forward pass (``max_batch`` sequences in all) is chosen from the free memory unless given; a tqdm bar
-shows progress. The result equals a loop of one forward pass per patch (tested to 1e-5).
+    Metric              ``metric(logits) -> [batch]``: one number per prompt (``logit_diff_metric``,
+                        ``gap_fraction_metric``)
+    Patch               one intervention: a hook name, an optional head and an optional position
+    cache_acts          one forward pass that keeps only the named activations (and the metric)
+    run_patches         the metric with each patch applied alone, many patches per forward pass
+    patch_hook          the hook that writes a source activation into stacked copies of a batch
+    auto_max_batch      sequences per forward pass that fit in memory
+    check_tokens, as_token_pair   token checks at the door (shapes, dtypes, clean/corrupted alignment)
 
 Example::
 
-    from mechlab.loading import load_model
-    from mechlab.patching import activation_patching, logit_diff_metric
+    from mechlab.core.loading import load_model
+    from mechlab.core.runs import Patch, cache_acts, logit_diff_metric, run_patches
     model = load_model("tiny-gpt2", verbose=False)
     clean, corrupted = model.to_tokens(["ab ab"]), model.to_tokens(["ab cd"])
     metric = logit_diff_metric(torch.tensor([98]), torch.tensor([99]))
-    heads = activation_patching(model, clean, corrupted, metric, kind="z", per_position=False)
-    heads.top(3)
+    cache, _ = cache_acts(model, corrupted, {"blocks.0.attn.hook_z"})
+    run_patches(model, clean, [Patch("blocks.0.attn.hook_z", head=0)], cache, metric)   # [1 patch, 1 prompt]
 """
 
 from __future__ import annotations
@@ -50,13 +32,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mechlab.hooks import HEAD_KINDS, check_layer, hook_name, n_heads_for
-from mechlab.results import Labelled
-from mechlab.tokens import clean_corrupted_tokens, logit_diff
-
-KINDS = ("resid_pre", "attn_out", "mlp_out", "z", "q", "k", "v")
-DIRECTIONS = ("noising", "denoising")
-_ROW_NAMES = {"resid_pre": "resid_pre", "attn_out": "attn", "mlp_out": "mlp"}
+from mechlab.core.activations import HEAD_KINDS, hook_name, n_heads_for
+from mechlab.core.tokens import clean_corrupted_tokens, logit_diff
 
 Metric = Callable[[Float[Tensor, "batch pos d_vocab"]], Float[Tensor, " batch"]]
 
@@ -124,51 +101,27 @@ class Patch:
     pos: int | None = None  # position, or None for every position
 
 
-def row_labels(model, kind: str, layers: Sequence[int]) -> list[str]:
-    """Row labels of ``kind``: ``L{l} resid_pre`` / ``L{l} attn`` / ``L{l} mlp``, ``L{l}H{h}``, or ``L{l}KV{g}``
-    for the K/V heads of a multi-query model (the same labels as ``mechlab.attribution``)."""
-    check_kind(kind)
-    if kind not in HEAD_KINDS:
-        return [f"L{layer} {_ROW_NAMES[kind]}" for layer in layers]
-    n = n_heads_for(model, kind)
-    tag = "KV" if kind in ("k", "v") and n != model.cfg.n_heads else "H"
-    return [f"L{layer}{tag}{h}" for layer in layers for h in range(n)]
-
-
-def check_kind(kind: str) -> str:
-    if kind not in KINDS:
-        raise ValueError(f"unknown activation kind {kind!r} for patching; expected one of {list(KINDS)}.")
-    return kind
-
-
-def _check_direction(direction: str) -> str:
-    if direction not in DIRECTIONS:
-        raise ValueError(f"direction={direction!r}; expected 'noising' (corrupted activations into the clean run) "
-                         "or 'denoising' (clean activations into the corrupted run).")
-    return direction
-
-
-def _model_device(model) -> torch.device:
+def model_device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def _check_tokens(model, tokens, what: str) -> Int[Tensor, "batch pos"]:
+def check_tokens(model, tokens, what: str) -> Int[Tensor, "batch pos"]:
     if not isinstance(tokens, Tensor) or tokens.dtype not in (torch.long, torch.int32) or tokens.ndim != 2:
         raise ValueError(f"{what} tokens must be an integer tensor of shape [batch, pos] (from model.to_tokens or "
-                         f"mechlab.tokens.clean_corrupted_tokens); got {type(tokens).__name__} "
+                         f"mechlab.core.tokens.clean_corrupted_tokens); got {type(tokens).__name__} "
                          f"{getattr(tokens, 'dtype', '')} {tuple(getattr(tokens, 'shape', ()))}.")
-    return tokens.to(_model_device(model))
+    return tokens.to(model_device(model))
 
 
 def as_token_pair(model, clean, corrupted) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
     """Clean and corrupted prompts (strings) or token tensors, checked to line up position by position.
 
-    Strings go through ``mechlab.tokens.clean_corrupted_tokens`` (its error shows both tokenizations); tensors of
+    Strings go through ``mechlab.core.tokens.clean_corrupted_tokens`` (its error shows both tokenizations); tensors of
     different shapes raise a ``ValueError`` showing the first prompt of each. Tokens are moved to the model.
     """
     if isinstance(clean, (str, list, tuple)) or isinstance(corrupted, (str, list, tuple)):
         clean, corrupted = clean_corrupted_tokens(model, clean, corrupted)
-    clean, corrupted = _check_tokens(model, clean, "clean"), _check_tokens(model, corrupted, "corrupted")
+    clean, corrupted = check_tokens(model, clean, "clean"), check_tokens(model, corrupted, "corrupted")
     if clean.shape != corrupted.shape:
         raise ValueError(
             f"clean tokens have shape {tuple(clean.shape)} but corrupted tokens have {tuple(corrupted.shape)}; they "
@@ -176,10 +129,6 @@ def as_token_pair(model, clean, corrupted) -> tuple[Int[Tensor, "batch pos"], In
             f"  clean[0]:     {model.to_str_tokens(clean[0])}\n  corrupted[0]: {model.to_str_tokens(corrupted[0])}\n"
             "Pick corrupting words that tokenize to as many tokens as the words they replace.")
     return clean, corrupted
-
-
-def _layers(model, layers) -> list[int]:
-    return list(range(model.cfg.n_layers)) if layers is None else [check_layer(model, int(x)) for x in layers]
 
 
 def patches_for(model, kind: str, layers: Sequence[int], n_pos: int, per_position: bool) -> list[Patch]:
@@ -238,7 +187,7 @@ def run_patches(
     missing = sorted({p.name for p in patches} - set(sources))
     if missing:
         raise ValueError(f"no source activation for {missing[:3]}; pass sources for every hook patched.")
-    device = _model_device(model)
+    device = model_device(model)
     for name in {p.name for p in patches}:
         src = sources[name]
         if src.device != device:
@@ -257,13 +206,13 @@ def run_patches(
         by_name: dict[str, list[tuple[int, Patch]]] = {}
         for i, patch in enumerate(chunk):
             by_name.setdefault(patch.name, []).append((i, patch))
-        hooks = [(name, _patch_hook(items, sources[name], batch)) for name, items in by_name.items()]
+        hooks = [(name, patch_hook(items, sources[name], batch)) for name, items in by_name.items()]
         logits = model.run_with_hooks(tokens.repeat(len(chunk), 1), fwd_hooks=hooks)
-        out.append(_metric_per_copy(metric, logits, batch))
+        out.append(metric_per_copy(metric, logits, batch))
     return torch.cat(out)
 
 
-def _patch_hook(items: list[tuple[int, Patch]], source: Tensor, batch: int):
+def patch_hook(items: list[tuple[int, Patch]], source: Tensor, batch: int):
     def hook(act, hook):
         if source.shape != (batch, *act.shape[1:]):
             raise ValueError(f"the source activation for {hook.name} has shape {tuple(source.shape)}, but the run's "
@@ -281,7 +230,7 @@ def _patch_hook(items: list[tuple[int, Patch]], source: Tensor, batch: int):
     return hook
 
 
-def _metric_per_copy(metric: Metric, logits: Tensor, batch: int) -> Float[Tensor, "copy batch"]:
+def metric_per_copy(metric: Metric, logits: Tensor, batch: int) -> Float[Tensor, "copy batch"]:
     rows = []
     for chunk in logits.split(batch):
         values = metric(chunk)
@@ -303,75 +252,9 @@ def cache_acts(model, tokens: Int[Tensor, "batch pos"], names: set[str], metric:
         return keep
 
     logits = model.run_with_hooks(tokens, fwd_hooks=[(name, keeper(name)) for name in sorted(names)])
-    values = _metric_per_copy(metric, logits, tokens.shape[0])[0] if metric is not None else None
+    values = metric_per_copy(metric, logits, tokens.shape[0])[0] if metric is not None else None
     return cache, values
 
 
-# ---------------------------------------------------------------------------------------------------------
-# activation patching
-
-
-def activation_patching(
-    model,
-    clean: Int[Tensor, "batch pos"] | Sequence[str],
-    corrupted: Int[Tensor, "batch pos"] | Sequence[str],
-    metric: Metric,
-    *,
-    kind: str,
-    direction: str = "noising",
-    per_position: bool = True,
-    layers: Sequence[int] | None = None,
-    effect: bool = False,
-    normalise: bool = False,
-    max_batch: int | None = None,
-    progress: bool = True,
-) -> Labelled:
-    """Patch every row of ``kind`` (per position, or at all positions at once) and measure ``metric``.
-
-    See the module docstring for kinds, labels, direction and normalisation. Returns
-    ``mechlab.results.Labelled`` with axes (component, pos) or (component,); ``meta`` records the direction,
-    ``metric_clean``, ``metric_corrupted``, ``metric_baseline`` and the normalisation.
-    """
-    check_kind(kind)
-    _check_direction(direction)
-    clean, corrupted = as_token_pair(model, clean, corrupted)
-    layers = _layers(model, layers)
-    names = {hook_name(kind, layer) for layer in layers}
-    clean_cache, m_clean = cache_acts(model, clean, names, metric)
-    corr_cache, m_corr = cache_acts(model, corrupted, names, metric)
-    baseline, sources = (clean, corr_cache) if direction == "noising" else (corrupted, clean_cache)
-    m_base = m_clean if direction == "noising" else m_corr
-    patches = patches_for(model, kind, layers, clean.shape[1], per_position)
-    values = run_patches(model, baseline, patches, sources, metric, max_batch=max_batch, progress=progress,
-                         desc=f"{direction} {kind}").mean(1)
-    values, unit, how = _normalise(values, m_clean.mean(), m_corr.mean(), m_base.mean(), effect, normalise)
-    labels = row_labels(model, kind, layers)
-    if per_position:
-        values = values.view(len(labels), clean.shape[1])
-    meta = {"method": "exact activation patching", "kind": kind, "direction": direction,
-            "patched": "corrupted activations into the clean run" if direction == "noising"
-            else "clean activations into the corrupted run",
-            "metric_clean": float(m_clean.mean()), "metric_corrupted": float(m_corr.mean()),
-            "metric_baseline": float(m_base.mean()), "normalisation": how, "layers": layers}
-    return Labelled(values.cpu(), labels, unit=unit, axes=("component", "pos") if per_position else ("component",),
-                    meta=meta)
-
-
-def _normalise(values, m_clean, m_corr, m_base, effect: bool, normalise: bool):
-    if effect:
-        values = values - m_base
-    if not normalise:
-        how = "mean metric(patched) - mean metric(baseline)" if effect else "mean metric on the patched run"
-        return values, "metric" if not effect else "metric change", how
-    gap = float(m_clean - m_corr)
-    if abs(gap) < 1e-6:
-        raise ValueError(f"normalise=True divides by mean metric(clean) - mean metric(corrupted) = {gap:.3g}; the "
-                         "metric does not tell the runs apart. Choose other prompts, or pass normalise=False.")
-    if effect:
-        return values / gap, "fraction of clean-corrupted gap (change)", "(patched - baseline) / (clean - corrupted)"
-    return (values - m_corr) / gap, "fraction of clean-corrupted gap", "(patched - corrupted) / (clean - corrupted)"
-
-
-__all__ = ["DIRECTIONS", "KINDS", "Metric", "Patch", "activation_patching", "as_token_pair", "auto_max_batch",
-           "cache_acts", "check_kind", "gap_fraction_metric", "logit_diff_metric", "patches_for", "row_labels",
-           "run_patches"]
+__all__ = ["Metric", "Patch", "as_token_pair", "auto_max_batch", "cache_acts", "check_tokens", "gap_fraction_metric",
+           "logit_diff_metric", "metric_per_copy", "model_device", "patch_hook", "patches_for", "run_patches"]

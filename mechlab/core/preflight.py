@@ -6,8 +6,8 @@ licence or a small GPU: it falls back and says why, so a notebook always runs.
 
 Example::
 
-    from mechlab.preflight import preflight
-    from mechlab.loading import load_model
+    from mechlab.core.preflight import preflight
+    from mechlab.core.loading import load_model
     plan = preflight("google/gemma-2b")     # prints e.g. "mechlab preflight: google/gemma-2b on cuda in bfloat16"
     model = load_model(plan.model, device=plan.device, dtype=plan.dtype)
 """
@@ -18,8 +18,10 @@ import os
 from dataclasses import dataclass
 
 import torch
+from huggingface_hub import auth_check
+from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
-from mechlab import loading
+from mechlab.core import loading
 
 GEMMA = "google/gemma-2b"
 # parameters, counting the (tied) embedding once: what the weights take in memory
@@ -76,8 +78,6 @@ def advise_dtype(n_params: float, gpu: GpuInfo) -> tuple[str | None, str]:
 
 def check_access(name: str, token: str) -> tuple[bool, str]:
     """Ask the hub (authenticated) whether ``token`` may download ``name``: (ok, what the hub said)."""
-    from huggingface_hub import auth_check
-    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
     try:
         auth_check(name, token=token)

@@ -1,4 +1,4 @@
-"""DLA, AtP / IG and attention patterns for the subtask pairs of :mod:`mechlab.cot_pairs`, aggregated as the seed
+"""DLA, AtP / IG and attention patterns for the subtask pairs of :mod:`mechlab.cot.pairs`, aggregated as the seed
 notebook did (mean over problems, and for AtP the max over each problem's positions).
 
 - :func:`dla_subtask`: direct logit attribution at each pair's decision (clean run), batched over problems
@@ -9,16 +9,16 @@ notebook did (mean over problems, and for AtP the max over each problem's positi
   ~1100 tokens one Gemma-2b backward pass is what fits. Multi-query models (Gemma-2b: 1 K/V head) get one ``k``
   and one ``v`` row per layer, ``L{l}KV0``: that head serves every query head of the layer, so its score is the
   effect on all of them together and cannot be split per query head.
-- :func:`head_patterns`: the attention patterns of chosen heads on one pair's last positions.
+- :func:`pair_head_patterns`: the attention patterns of chosen heads on one pair's last positions.
 
 Their figures are in :mod:`mechlab.plot.cot` (``figure_dla``, ``figure_atp``, ``figure_qkv``,
 ``figure_position_map``); head patterns draw with ``mechlab.plot.attention_heatmaps``.
 
 Example::
 
-    from mechlab.cot_analysis import dla_subtask, atp_subtask
+    from mechlab.cot.analysis import dla_subtask, atp_subtask
     from mechlab.plot import figure_dla
-    dla = dla_subtask(model, pairs)          # pairs: a PairSet from mechlab.cot_pairs.build_pairs
+    dla = dla_subtask(model, pairs)          # pairs: a PairSet from mechlab.cot.pairs.build_pairs
     dla.mean().top(5)
     figure_dla(dla)
     atp = atp_subtask(model, pairs, kinds=["z", "q", "k", "v"])
@@ -36,8 +36,12 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mechlab.cot_pairs import CotPair, PairSet
-from mechlab.results import Labelled
+from mechlab.core.activations import hook_name, parse_head
+from mechlab.core.results import Labelled
+from mechlab.core.runs import logit_diff_metric
+from mechlab.cot.pairs import CotPair, PairSet
+from mechlab.methods.attribution import attribution_patching, integrated_gradients
+from mechlab.methods.dla import accumulated_resid_dla, cache_names, logit_diff_dla
 
 ATP_KINDS = ("resid_pre", "mlp_out", "z", "q", "k", "v")
 REDUCTIONS = ("max", "min", "absmax", "sum")
@@ -87,7 +91,7 @@ class SubtaskDLA:
     """Per-problem DLA at the decision of one subtask (clean runs)."""
 
     subtask: str
-    components: Labelled  # [component, problem] over mechlab.dla.component_labels, unit logit diff
+    components: Labelled  # [component, problem] over mechlab.methods.dla.component_labels, unit logit diff
     resid: Labelled  # [resid] accumulated residual stream read through the unembedding (mean over problems)
     logit_diff: Tensor  # [problem] the model's own logit difference (what each column of components sums to)
     n_layers: int
@@ -118,7 +122,6 @@ class SubtaskDLA:
 
 def dla_subtask(model, pairs: PairSet, *, batch_size: int = 8, progress: bool = True) -> SubtaskDLA:
     """DLA of every component at each pair's decision, ``batch_size`` problems per forward pass."""
-    from mechlab.dla import accumulated_resid_dla, cache_names, logit_diff_dla
 
     clean, _, good, bad, pos = pairs.tensors(next(model.parameters()).device)
     names = cache_names(model)
@@ -188,7 +191,6 @@ def atp_subtask(model, pairs: PairSet, *, kinds: Sequence[str] = ATP_KINDS, meth
                 reduce: str = "max", keep_maps: int = 1, progress: bool = True) -> SubtaskAtP:
     """AtP (or layer-wise IG, ``method="ig"``, ``steps`` alphas) of every pair, noising, metric = the pair's logit
     difference at its decision; each problem's [component, pos] map reduced over positions (``reduce``)."""
-    from mechlab.attribution import attribution_patching, integrated_gradients, logit_diff_metric
 
     if method not in ("atp", "ig"):
         raise ValueError(f"method={method!r}; expected 'atp' (one gradient at the clean run) or 'ig' (integrated "
@@ -242,14 +244,12 @@ def top_heads(result: Labelled, k: int = 6, *, by_abs: bool = True) -> list[str]
 
 
 @torch.no_grad()
-def head_patterns(model, pair: CotPair, heads: Sequence[str], *, last: int = 32
+def pair_head_patterns(model, pair: CotPair, heads: Sequence[str], *, last: int = 32
                   ) -> tuple[Float[Tensor, "head query_pos key_pos"], list[str]]:
     """Attention patterns of ``heads`` on ``pair``'s clean prompt, over its ``last`` positions (queries and keys).
 
     Returns (patterns [head, last, last] on the CPU, the ``last`` token strings).
     """
-    from mechlab.hooks import hook_name
-    from mechlab.results import parse_head
 
     parsed = [parse_head(h, model.cfg.n_layers, model.cfg.n_heads) for h in heads]
     if not parsed:
@@ -264,4 +264,4 @@ def head_patterns(model, pair: CotPair, heads: Sequence[str], *, last: int = 32
 
 
 __all__ = ["ATP_KINDS", "SubtaskAtP", "SubtaskDLA", "aggregate_positions", "atp_subtask", "dla_subtask",
-           "head_patterns", "reduce_positions", "top_heads"]
+           "pair_head_patterns", "reduce_positions", "top_heads"]

@@ -10,8 +10,8 @@ The forward passes go through the bridge, so hooks added with ``with model.hooks
 
 Example::
 
-    from mechlab.loading import load_model
-    from mechlab.generate import generate
+    from mechlab.core.loading import load_model
+    from mechlab.methods.generate import generate
     model = load_model("tiny-gpt2", verbose=False)
     out = generate(model, ["The cat", "Once upon a time"], max_new_tokens=8, stop=["\\n\\n"])
     out.texts        # the continuations, cut at the stop string
@@ -98,7 +98,7 @@ def _check_args(model, prompts, max_new_tokens: int, stop, batch_size: int) -> t
         raise ValueError(f"batch_size must be a positive int; got {batch_size!r}.")
     if getattr(model, "tokenizer", None) is None:
         raise ValueError("this model has no tokenizer; generate() needs one to read prompts and stop strings. "
-                         "Load it with mechlab.loading.load_model.")
+                         "Load it with mechlab.core.loading.load_model.")
     return prompts, stop
 
 

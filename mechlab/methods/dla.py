@@ -26,8 +26,8 @@ Components (``mechlab`` names):
 
 Example::
 
-    from mechlab.loading import load_model
-    from mechlab.dla import logit_diff_dla
+    from mechlab.core.loading import load_model
+    from mechlab.methods.dla import logit_diff_dla
     model = load_model("tiny-gpt2", verbose=False)
     tokens = model.to_tokens(["When a and b met, b gave it to"])
     result = logit_diff_dla(model, tokens, correct=[" a"], incorrect=[" b"])
@@ -43,9 +43,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from mechlab.hooks import FINAL_NORM_SCALE, hook_name
-from mechlab.results import Labelled
-from mechlab.tokens import answer_token_ids
+from mechlab.core.activations import FINAL_NORM_SCALE, hook_name
+from mechlab.core.results import Labelled
+from mechlab.core.runs import model_device
+from mechlab.core.tokens import answer_token_ids
 
 FROZEN_SCALE_NOTE = ("final norm scale frozen at this run's ln_final.hook_scale (read from the cache), so every "
                      "contribution is linear and they sum to the logit difference")
@@ -61,7 +62,7 @@ def final_norm_params(model) -> tuple[bool, Float[Tensor, " d_model"], Float[Ten
     """``(centres, weight, bias)`` of the final norm as it acts: LayerNorm centres, RMSNorm does not; the weight
     includes Gemma's ``1 +`` offset; a missing weight is ones and a missing bias zeros (fp32, model device)."""
     norm = model.ln_final
-    d_model, device = model.cfg.d_model, _model_device(model)
+    d_model, device = model.cfg.d_model, model_device(model)
     centres = not bool(getattr(norm, "uses_rms_norm", False))
     weight = _param_or_none(norm, "weight")
     if weight is None:  # a parameter-free norm (weights folded into W_U)
@@ -82,19 +83,15 @@ def _param_or_none(module, name: str) -> Tensor | None:
     return value if isinstance(value, Tensor) else None
 
 
-def _model_device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
 def _unembed_bias(model) -> Float[Tensor, " d_vocab"]:
     b_u = _param_or_none(model, "b_U")
-    return torch.zeros(model.cfg.d_vocab, device=_model_device(model)) if b_u is None else b_u.detach().float()
+    return torch.zeros(model.cfg.d_vocab, device=model_device(model)) if b_u is None else b_u.detach().float()
 
 
 def _attn_biases(model) -> Float[Tensor, "layer d_model"]:
     b_o = _param_or_none(model, "b_O")
     if b_o is None:
-        return torch.zeros(model.cfg.n_layers, model.cfg.d_model, device=_model_device(model))
+        return torch.zeros(model.cfg.n_layers, model.cfg.d_model, device=model_device(model))
     return b_o.detach().float()
 
 
@@ -105,14 +102,14 @@ def unembed_directions(model, ids: Int[Tensor, "..."]) -> Float[Tensor, "... d_m
     are applied there, not here.
     """
     ids = _check_ids(model, ids, "ids")
-    return model.W_U.detach().float().T[ids.to(_model_device(model))]
+    return model.W_U.detach().float().T[ids.to(model_device(model))]
 
 
 def _check_ids(model, ids, what: str) -> Tensor:
     ids = torch.as_tensor(ids)
     if ids.dtype not in (torch.long, torch.int32, torch.int64):
         raise ValueError(f"{what} must be integer token ids; got dtype {ids.dtype}. Use "
-                         "mechlab.tokens.answer_token_ids(model, words) to turn words into ids.")
+                         "mechlab.core.tokens.answer_token_ids(model, words) to turn words into ids.")
     if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= model.cfg.d_vocab):
         raise ValueError(f"{what} holds ids outside 0..{model.cfg.d_vocab - 1} (min {int(ids.min())}, max "
                          f"{int(ids.max())}); are they from another tokenizer?")
@@ -152,7 +149,7 @@ def _as_tokens(model, tokens) -> Int[Tensor, "batch pos"]:
         raise ValueError(f"tokens must be prompts (strings) or an integer tensor [batch, pos] from model.to_tokens; "
                          f"got {type(tokens).__name__} {getattr(tokens, 'dtype', '')} "
                          f"{tuple(getattr(tokens, 'shape', ()))}.")
-    return tokens.to(_model_device(model))
+    return tokens.to(model_device(model))
 
 
 def _answer_ids(model, answers, batch: int, what: str) -> Int[Tensor, "batch k"]:
@@ -173,7 +170,7 @@ def _answer_ids(model, answers, batch: int, what: str) -> Int[Tensor, "batch k"]
     if ids.ndim != 2 or ids.shape[0] not in (1, batch):
         raise ValueError(f"{what} gives ids of shape {tuple(ids.shape)} for {batch} prompts; pass one answer per "
                          f"prompt ([{batch}]) or a set per prompt ([{batch}, k]).")
-    return ids.expand(batch, ids.shape[1]).to(_model_device(model))
+    return ids.expand(batch, ids.shape[1]).to(model_device(model))
 
 
 def _positions(pos, batch: int, n_pos: int, device) -> Int[Tensor, " batch"]:
@@ -192,9 +189,10 @@ def _check_cache(model, cache, names: set[str]) -> None:
     missing = sorted(n for n in names if n not in cache)
     if missing:
         raise ValueError(f"the cache lacks {missing[:4]}{' ...' if len(missing) > 4 else ''}; run "
-                         "model.run_with_cache(tokens, names_filter=lambda n: n in mechlab.dla.cache_names(model)) "
+                         "model.run_with_cache(tokens, names_filter=lambda n: n in "
+                         "mechlab.methods.dla.cache_names(model)) "
                          "or let the function run the model (cache=None).")
-    device = _model_device(model)
+    device = model_device(model)
     for n in names:
         if cache[n].device != device:
             raise ValueError(f"cache[{n!r}] is on {cache[n].device} but the model is on {device}; keep the cache "
@@ -213,7 +211,7 @@ def _run_cache(model, tokens) -> dict[str, Tensor]:
 
 
 def _decompose(model, acts: dict[str, Tensor], readout: Float[Tensor, "batch pos d_model"],
-               scale: Float[Tensor, "batch pos 1"], norm_bias_term: Tensor, attn_bias_on: bool = True
+               scale: Float[Tensor, "batch pos 1"], norm_bias_term: Tensor
                ) -> Float[Tensor, "component batch pos"]:
     """Every component's direct contribution along ``readout`` (before the norm), rows as in ``component_labels``.
 
@@ -236,8 +234,7 @@ def _decompose(model, acts: dict[str, Tensor], readout: Float[Tensor, "batch pos
         per_head = torch.einsum("bphd,hdm,bpm->hbp", z, w_o[layer], direction)
         rows.extend(per_head.unbind(0))
         rows.append(torch.einsum("bpm,bpm->bp", acts[hook_name("mlp_out", layer)].float(), direction))
-        if attn_bias_on:
-            bias_row = bias_row + torch.einsum("m,bpm->bp", b_o[layer], direction)
+        bias_row = bias_row + torch.einsum("m,bpm->bp", b_o[layer], direction)
     rows.append(bias_row)
     return torch.stack(rows)
 
@@ -389,7 +386,7 @@ def direct_effects(
         raise ValueError(f"positions={positions!r}: expected a slice of positions, e.g. slice(None) or slice(0, -1).")
     batch, n_pos = cache["hook_embed"].shape[:2]
     kept = len(range(n_pos)[positions])
-    device = _model_device(model)
+    device = model_device(model)
     if not isinstance(directions, Tensor) or not directions.is_floating_point():
         raise ValueError(f"directions must be a float tensor [batch, pos, d_model]; got "
                          f"{type(directions).__name__} {getattr(directions, 'dtype', '')}.")
