@@ -20,9 +20,9 @@ def organism():
 
     from mechlab.core.loading import load_model
 
-    start = time.time()
+    start = time.process_time()  # CPU time of this process: a busy machine must not fail the test
     model = load_model("organism", device="cpu", verbose=False)
-    model.load_seconds = time.time() - start
+    model.load_seconds = time.process_time() - start
     return model
 
 

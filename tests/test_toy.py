@@ -192,9 +192,9 @@ def test_evaluate_weights_a_short_last_batch():
 
 def test_training_reaches_the_ceiling_fast_and_reproducibly():
     threads = torch.get_num_threads()
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time of this process: a busy machine must not fail the test
     first = train_toy(ToyConfig(), ToyTrainConfig(), progress=False)
-    seconds = time.perf_counter() - start
+    seconds = time.process_time() - start
     assert torch.get_num_threads() == threads  # train_toy() runs on one thread and restores the setting
     second = train_toy(ToyConfig(), ToyTrainConfig(), progress=False)
     assert seconds < 60, f"training took {seconds:.1f} s"
