@@ -323,9 +323,9 @@ def composition_scores(weights: CircuitWeights, kind: str, *, sender_layer: int,
     The sender writes ``x @ OV_s``; the receiver reads it through its query (Q: ``OV_s @ QK_r``), its key
     (K: ``OV_s @ QK_r.T``) or its value (V: ``OV_s @ OV_r``). The score is that product's Frobenius norm divided
     by the two factors' norms: 1 when the sender writes exactly where the receiver reads, about
-    ``1/sqrt(d_model)`` for unrelated random matrices (compare with :func:`composition_baseline`). Layers need not be adjacent: the
-    residual stream carries layer 0's output to every later layer. Returns ``Labelled`` over sender heads, axes
-    (sender head, receiver head).
+    ``1/sqrt(d_model)`` for unrelated random matrices (compare with :func:`composition_baseline`). Layers need
+    not be adjacent: the residual stream carries layer 0's output to every later layer. Returns ``Labelled``
+    over sender heads, axes (sender head, receiver head).
     """
     w = _check_weights(weights)
     kind = str(kind).upper()
