@@ -61,7 +61,7 @@ def test_ov_and_qk_equal_materialised_products(tiny_model):
     w = C.circuit_weights(tiny_model)
     for layer in range(w.n_layers):
         for h in range(w.n_heads):
-            ov, qk = C.ov_circuit(w, f"L{layer}H{h}"), C.qk_circuit(w, (layer, h))
+            ov, qk = C.head_ov(w, f"L{layer}H{h}"), C.head_qk(w, (layer, h))
             ov_full = torch.einsum("md,dn->mn", w.W_V[layer, h], w.W_O[layer, h])
             qk_full = torch.einsum("md,nd->mn", w.W_Q[layer, h], w.W_K[layer, h])
             torch.testing.assert_close(ov.AB, ov_full, atol=1e-5, rtol=1e-5)
@@ -173,7 +173,7 @@ def test_baseline_matches_random_matrices_and_is_seeded(gpt2_weights):
 def test_bad_input_is_refused_with_one_clear_error(gpt2_weights, gemma_like):
     w = gpt2_weights
     with pytest.raises(ValueError, match="does not exist"):
-        C.ov_circuit(w, "L5H0")
+        C.head_ov(w, "L5H0")
     with pytest.raises(ValueError, match="not after"):
         C.composition_scores(w, "K", sender_layer=1, receiver_layer=1)
     with pytest.raises(ValueError, match="not after"):

@@ -45,7 +45,8 @@ from mechlab.core.results import Labelled
 COMPOSITION_KINDS = ("Q", "K", "V")
 SCALE_NOTE = ("the norm's scale (one positive number per row) is left out: a top-1 reading or an eigenvalue ratio "
               "does not depend on it")
-BIAS_NOTE = "biases left out: they add the same vector for every source token, so they do not say what is copied"
+COPYING_BIAS_NOTE = ("biases left out: they add the same vector for every source token, so they do not say what "
+                     "is copied")
 
 
 @dataclass
@@ -168,13 +169,13 @@ def _check_weights(weights) -> CircuitWeights:
 # one head's OV and QK circuits
 
 
-def ov_circuit(weights: CircuitWeights, head: str | tuple[int, int]) -> FactoredMatrix:
+def head_ov(weights: CircuitWeights, head: str | tuple[int, int]) -> FactoredMatrix:
     """``W_V[h] @ W_O[h]`` as a ``FactoredMatrix`` [d_model, d_model] (rank <= d_head): x -> what the head writes."""
     layer, h = _check_weights(weights).head(head)
     return FactoredMatrix(weights.W_V[layer, h], weights.W_O[layer, h])
 
 
-def qk_circuit(weights: CircuitWeights, head: str | tuple[int, int]) -> FactoredMatrix:
+def head_qk(weights: CircuitWeights, head: str | tuple[int, int]) -> FactoredMatrix:
     """``W_Q[h] @ W_K[h].T`` as a ``FactoredMatrix`` [d_model, d_model]: ``x_query @ QK @ x_key.T`` is the
     attention score before the ``1/sqrt(d_head)`` and the biases."""
     layer, h = _check_weights(weights).head(head)
@@ -228,7 +229,7 @@ def ov_copying_accuracy(
             hits[i] += float((rows.argmax(-1) == src).sum())
     return Labelled(hits / len(tokens), [f"L{la}H{h}" for la, h in chosen], unit="top-1 copying accuracy",
                     axes=("head",), meta={"circuit": "W_E @ W_V @ W_O @ W_U (norms folded)", "n_tokens": len(tokens),
-                                          "norm": SCALE_NOTE, "bias": BIAS_NOTE})
+                                          "norm": SCALE_NOTE, "bias": COPYING_BIAS_NOTE})
 
 
 @torch.no_grad()
@@ -377,5 +378,5 @@ def all_compositions(weights: CircuitWeights, kind: str) -> dict[tuple[int, int]
 
 
 __all__ = ["COMPOSITION_KINDS", "CircuitWeights", "all_compositions", "circuit_weights", "composition_baseline",
-           "composition_scores", "frobenius_composition", "norm_params", "ov_circuit", "ov_copying_accuracy",
-           "ov_eigen_copying_score", "positional_pattern", "qk_circuit"]
+           "composition_scores", "frobenius_composition", "head_ov", "head_qk", "norm_params", "ov_copying_accuracy",
+           "ov_eigen_copying_score", "positional_pattern"]
