@@ -94,3 +94,105 @@ def check_head_dla(fn: Callable) -> None:
 
 
 __all__ = ["check_head_dla", "check_logit_diff_direction", "head_dla", "logit_diff_direction"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 3. the logit lens by hand (appended with unit 04's logit-lens section)
+
+
+def logit_lens_by_hand(resid: Float[Tensor, "layer batch d_model"], ln_weight: Float[Tensor, " d_model"],
+                       ln_bias: Float[Tensor, " d_model"], W_U: Float[Tensor, "d_model d_vocab"],
+                       b_U: Float[Tensor, " d_vocab"], eps: float) -> Float[Tensor, "layer batch d_vocab"]:
+    """Reference: each partial stream through the final LayerNorm *with its own scale*, then ``W_U`` and ``b_U``."""
+    centred = resid - resid.mean(-1, keepdim=True)
+    normed = centred / (centred.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+    return (normed * ln_weight + ln_bias) @ W_U + b_U
+
+
+def _lens_cases() -> list[Case]:
+    cases = []
+    for name, (layers, b, dm, vocab, seed, offset) in {
+        "3 layers, 2 prompts, d_model 8, vocab 12": (3, 2, 8, 12, 1, 0.0),
+        "streams with a large mean and growing size (centring and scale matter)": (4, 3, 6, 10, 2, 5.0),
+    }.items():
+        resid = _randn(layers, b, dm, seed=seed) * torch.arange(1, layers + 1).view(-1, 1, 1) + offset
+        cases.append(Case(name, (resid, 1 + 0.3 * _randn(dm, seed=seed + 1), 0.1 * _randn(dm, seed=seed + 2),
+                                 _randn(dm, vocab, seed=seed + 3), 0.1 * _randn(vocab, seed=seed + 4), 1e-5)))
+    return cases
+
+
+def _lens_mistakes(resid, w, b, W_U, b_U, eps) -> dict[str, Tensor]:
+    centred = resid - resid.mean(-1, keepdim=True)
+    own = (centred.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+    return {
+        "no norm at all (the raw stream unembedded)": resid @ W_U + b_U,
+        "no centring (LayerNorm subtracts the mean first)":
+            (resid / (resid.pow(2).mean(-1, keepdim=True) + eps).sqrt() * w + b) @ W_U + b_U,
+        "the last stream's scale used for every layer (that is the frozen-scale DLA, not the lens)":
+            (centred / own[-1:] * w + b) @ W_U + b_U,
+        "the norm's weight and bias left out": (centred / own) @ W_U + b_U,
+    }
+
+
+def _run_naming_mistakes(fn: Callable, reference: Callable, case: Case, name: str,
+                         mistakes: dict[str, Tensor]) -> None:
+    """run_cases on one case; when it fails and the learner's output equals a known mistake, say which."""
+    try:
+        run_cases(fn, reference, [case], name=name, verbose=False)
+    except AssertionError as err:  # CheckFailed
+        try:
+            got = fn(*[a.clone() if isinstance(a, Tensor) else a for a in case.args])
+        except Exception:
+            raise err from None
+        for what, wrong in mistakes.items():
+            if isinstance(got, Tensor) and got.shape == wrong.shape and torch.allclose(
+                    got.float(), wrong.float(), atol=1e-5, rtol=1e-4):
+                raise type(err)(f"{err} Your output is exactly what {what} gives.") from None
+        raise
+
+
+def check_logit_lens(fn: Callable) -> None:
+    """``fn(resid, ln_weight, ln_bias, W_U, b_U, eps)``: ``resid`` [layer, batch, d_model] holds the stream at one
+    position after each layer; return the logits [layer, batch, d_vocab] each would give through the final
+    LayerNorm (its own scale) and the unembedding."""
+    for case in _lens_cases():
+        _run_naming_mistakes(fn, logit_lens_by_hand, case, "check_logit_lens", _lens_mistakes(*case.args))
+    print("check_logit_lens: passed 2 cases.")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 4. what each layer adds to the logit difference
+
+
+def layer_contributions(outputs: Float[Tensor, "component batch d_model"], direction: Float[Tensor, "batch d_model"],
+                        ln_weight: Float[Tensor, " d_model"], scale: Float[Tensor, "batch 1"]
+                        ) -> Float[Tensor, "component batch"]:
+    """Reference: each output centred, divided by the frozen final scale, times the norm weight, along the
+    logit-difference direction."""
+    centred = outputs - outputs.mean(-1, keepdim=True)
+    return torch.einsum("cbm,bm->cb", centred / scale * ln_weight, direction)
+
+
+def check_layer_contributions(fn: Callable) -> None:
+    """``fn(outputs, direction, ln_weight, scale)``: ``outputs`` [component, batch, d_model] are what the
+    embeddings and each layer's attention and MLP wrote at the answer position, ``direction`` the logit-difference
+    direction [batch, d_model], ``scale`` the cached final scale [batch, 1]; return [component, batch]."""
+    cases = []
+    for name, (c, b, dm, seed) in {"5 components, 3 prompts, d_model 8": (5, 3, 8, 1),
+                                   "7 components, 1 prompt": (7, 1, 6, 2)}.items():
+        outputs = _randn(c, b, dm, seed=seed) + 2.0  # a mean for the centring to remove
+        cases.append(Case(name, (outputs, _randn(b, dm, seed=seed + 1), 1 + 0.3 * _randn(dm, seed=seed + 2),
+                                 0.5 + torch.rand(b, 1, generator=torch.Generator().manual_seed(seed + 3)) * 3)))
+    for case in cases:
+        outputs, direction, w, scale = case.args
+        centred = outputs - outputs.mean(-1, keepdim=True)
+        mistakes = {
+            "the frozen scale left out": torch.einsum("cbm,bm->cb", centred * w, direction),
+            "no centring": torch.einsum("cbm,bm->cb", outputs / scale * w, direction),
+            "the norm weight not folded into the direction": torch.einsum("cbm,bm->cb", centred / scale, direction),
+        }
+        _run_naming_mistakes(fn, layer_contributions, case, "check_layer_contributions", mistakes)
+    print(f"check_layer_contributions: passed {len(cases)} cases.")
+
+
+__all__ += ["check_layer_contributions", "check_logit_lens", "layer_contributions", "logit_lens_by_hand"]
