@@ -157,13 +157,13 @@ def _top(count: Callable[[int, float], int]) -> Callable:
 
 
 SLOPE_MISTAKES = {
-    "the count is rounded down (int() or floor of n * top_percent / 100): use round()":
+    # a quantile threshold (x >= quantile(1 - top_percent / 100)) keeps the int() or the ceil count, depending on n
+    "fewer points than round(n * top_percent / 100): the count was rounded down (int() or floor, or a quantile "
+    "threshold); keep the top round(n * top_percent / 100) points by x":
         lambda x, y, c, p: _fit(x, y, c, p, _top(lambda n, q: max(1, int(n * q / 100)))),
-    "the count is rounded up (ceil of n * top_percent / 100): use round()":
+    "more points than round(n * top_percent / 100): the count was rounded up (ceil, or a quantile threshold); keep "
+    "the top round(n * top_percent / 100) points by x":
         lambda x, y, c, p: _fit(x, y, c, p, _top(lambda n, q: max(1, math.ceil(n * q / 100)))),
-    "a quantile threshold (x >= quantile(1 - top_percent / 100)) keeps a different number of points than "
-    "round(n * top_percent / 100); take the top-k by x instead":
-        lambda x, y, c, p: _fit(x, y, c, p, lambda xs, q: np.flatnonzero(xs >= np.quantile(xs, 1 - q / 100))),
     "the points with the *smallest* x were kept; keep the largest direct effects":
         lambda x, y, c, p: _fit(x, y, c, p, lambda xs, q: np.argsort(xs, kind="stable")[:_count(xs.size, q)]),
     "no top-percent filter: every point was fitted": lambda x, y, c, p: backup_slope(x, y, c, None),
