@@ -21,10 +21,11 @@ What :func:`run_cases` does for every case (it never stops at the first failure)
   the model: use ``with model.hooks(...)``") and is removed.
 - **Gradients** (``grad=True``): the reference and the learner run under ``torch.enable_grad()``, even if the
   notebook turned gradients off globally.
-- **Named mistakes** (``mistakes={"the sign is flipped": negated(reference), ...}``): when a case fails, each
+- **Named mistakes** (``mistakes={"the sign is flipped": negated(reference), ...}``): when cases fail, each
   mistake function (same signature as the reference, returning what that wrong version would return) is tried
-  in order, and the first whose output the learner's matches is named in the message. :func:`negated` builds
-  the sign-flip one.
+  in order on the failing cases (targeted cases first, stopping at the first case where one matches), and the
+  first whose output the learner's matches is named in the message. :func:`negated` builds the sign-flip one
+  (it costs nothing: the reference's output is negated).
 - **Targeted cases** (``Case(..., hint="is the 1/sqrt(d_head) scale there?")``): a failing case's hint is
   shown with its failure.
 - **The report** leads with the most specific failure (an in-place edit or a leftover hook, then a failure
@@ -100,6 +101,7 @@ def negated(reference: Callable) -> Callable:
     def flipped(*args, **kwargs):
         return _map_tensors(reference(*args, **kwargs), lambda t: -t)
 
+    flipped.negates_reference = True  # run_cases negates the output it already has instead of rerunning
     return flipped
 
 
@@ -110,6 +112,8 @@ class _Failure:
     definite: bool = False  # an in-place edit or a leftover hook: certainly a mistake
     mistake: str = ""
     error: BaseException | None = None
+    got: Any = None
+    want: Any = None
 
 
 def run_cases(
@@ -137,6 +141,7 @@ def run_cases(
         if failure is not None:
             failures.append(failure)
     if failures:
+        _name_mistake(failures, compare, mistakes or {}, grad)
         raise CheckFailed(_report(name, failures, len(cases))) from failures[0].error
     if verbose:
         print(f"{name}: passed {len(cases)} cases.")
@@ -192,22 +197,30 @@ def _run_case(fn, reference, case: Case, name: str, compare, mistakes, grad: boo
             problems.append(problem)
     if not problems:
         return None
-    mistake = "" if error is not None else _match_mistake(got, args, kwargs, compare, mistakes, scope, snapshot)
-    return _Failure(case, problems, definite, mistake, error)
+    return _Failure(case, problems, definite, "", error, got, want)
 
 
-def _match_mistake(got, args, kwargs, compare, mistakes, scope, snapshot) -> str:
-    for text, wrong in mistakes.items():
-        try:
-            with scope():
-                alt = _clone(wrong(*args, **kwargs))
-        except Exception:  # a mistake that cannot be computed on this case simply does not match
-            continue
-        finally:
-            snapshot.restore_changed()
-        if not compare(got, alt):
-            return text
-    return ""
+def _name_mistake(failures: list[_Failure], compare, mistakes, grad: bool) -> None:
+    """Try the named mistakes on the failing cases, targeted cases first, until one matches (each try costs a
+    reference-like computation, so the search stops at the first case that names one)."""
+    scope = torch.enable_grad if grad else contextlib.nullcontext
+    for failure in sorted((f for f in failures if f.error is None), key=lambda f: not f.case.hint):
+        args, kwargs = failure.case.args, failure.case.kwargs
+        snapshot = _Snapshot(args, kwargs, {})
+        for text, wrong in mistakes.items():
+            try:
+                if getattr(wrong, "negates_reference", False):
+                    alt = _map_tensors(failure.want, lambda t: -t)
+                else:
+                    with scope():
+                        alt = _clone(wrong(*args, **kwargs))
+            except Exception:  # a mistake that cannot be computed on this case simply does not match
+                continue
+            finally:
+                snapshot.restore_changed()
+            if not compare(failure.got, alt):
+                failure.mistake = text
+                return
 
 
 def _report(name: str, failures: list[_Failure], n_cases: int) -> str:
@@ -221,9 +234,6 @@ def _report(name: str, failures: list[_Failure], n_cases: int) -> str:
         lines.append(f"Your output matches this mistake: {lead.mistake}.")
     elif lead.case.hint:
         lines.append(f"This case is there to catch: {lead.case.hint}")
-    others = {f.mistake for f in failures if f.mistake and f.mistake != lead.mistake}
-    if others:
-        lines.append("In other cases your output matches: " + "; ".join(sorted(others)) + ".")
     lines.append("Failing cases: " + ", ".join(repr(f.case.name) for f in failures) + ".")
     return "\n".join(lines)
 

@@ -165,11 +165,10 @@ ATP_MISTAKES = {
 }
 
 
-def _ig_rule(points_of: Callable[[int], list[tuple[float, float]]], *, swap: bool = False) -> Callable:
+def _ig_rule(points_of: Callable[[int], list[tuple[float, float]]]) -> Callable:
     def ig(model, clean, corrupted, metric, layer, steps):
         z_clean, z_corr = _z_of(model, clean, layer), _z_of(model, corrupted, layer)
-        start, end = (z_corr, z_clean) if swap else (z_clean, z_corr)
-        return path_attribution(model, clean, start, end, metric, layer, points_of(steps))
+        return path_attribution(model, clean, z_clean, z_corr, metric, layer, points_of(steps))
 
     return ig
 
@@ -179,13 +178,13 @@ def _zeros(model, clean, corrupted, metric, layer, steps):
 
 
 IG_MISTAKES = {
-    "the sign is flipped": negated(reference_ig_heads),
+    # integrating the same straight path backwards (from the corrupted z to the clean z) gives exactly this too
+    "the sign is flipped (or the path runs from the corrupted z to the clean z, which is the same)":
+        negated(reference_ig_heads),
     "noising and denoising are swapped: the path runs on the corrupted run (denoising); this exercise is noising, "
     "the path on the clean run":
         lambda m, c, r, f, layer, steps: integrated_gradients(m, c, r, f, kind="z", steps=steps, layers=[layer],
                                                               direction="denoising", progress=False).values.sum(-1),
-    "the path runs from the corrupted z to the clean z (start and end swapped)":
-        _ig_rule(ig_alphas, swap=True),
     "uniform weights 1/steps on the trapezoid's alphas: the trapezoidal rule gives the two end points half weight":
         _ig_rule(lambda n: [(a, 1.0 / n) for a, _ in ig_alphas(n)]),
     "the midpoint rule (alphas (k + 0.5) / steps): use the trapezoid's alphas k / (steps - 1), ig_alphas(steps)":
