@@ -95,3 +95,26 @@ def test_token_probs_accepts_solution():
 def test_token_probs_rejects(wrong):
     with pytest.raises(CheckFailed):
         unit01.check_correct_token_probs(wrong)
+
+
+def top_k_float_ids(logits, k):  # the right numbers, but the ids converted to floats
+    top = logits[:, -1].softmax(-1).topk(k)
+    return top.values, top.indices.float()
+
+
+def test_top_k_rejects_float_ids_by_dtype():
+    with pytest.raises(CheckFailed, match="token ids has dtype torch.float32, expected an integer tensor"):
+        unit01.check_top_k_next_tokens(top_k_float_ids)
+
+
+@pytest.mark.parametrize("wrong, named", [(top_k_of_logits, "no softmax"), (top_k_first_position, "first position"),
+                                          (top_k_least_likely, "least")])
+def test_top_k_names_the_mistake(wrong, named):
+    with pytest.raises(CheckFailed, match=f"matches this mistake: .*{named}"):
+        unit01.check_top_k_next_tokens(wrong)
+
+
+@pytest.mark.parametrize("wrong, named", [(token_probs_no_shift, "no shift"), (token_probs_log, "log-probabilities")])
+def test_token_probs_names_the_mistake(wrong, named):
+    with pytest.raises(CheckFailed, match=f"matches this mistake: {named}"):
+        unit01.check_correct_token_probs(wrong)

@@ -171,3 +171,43 @@ def test_library_generator_passes(gemma_like):
     from mechlab.methods.heads import repeated_random_tokens
 
     unit02.check_repeated_tokens(lambda m, n, b, s: repeated_random_tokens(m, n, b, seed=s), gemma_like)
+
+
+def repeated_randint_vocab(model, seq_len, batch, seed):  # with replacement, over the whole vocabulary (BOS too)
+    gen = torch.Generator().manual_seed(seed)
+    half = torch.randint(0, model.cfg.d_vocab, (batch, seq_len), generator=gen)
+    return torch.cat([torch.full((batch, 1), model.tokenizer.bos_token_id), half, half], dim=1)
+
+
+def repeated_randperm_with_bos(model, seq_len, batch, seed):  # distinct, but drawn from every id, BOS included
+    gen = torch.Generator().manual_seed(seed)
+    half = torch.stack([torch.randperm(model.cfg.d_vocab, generator=gen)[:seq_len] for _ in range(batch)])
+    return torch.cat([torch.full((batch, 1), model.tokenizer.bos_token_id), half, half], dim=1)
+
+
+def repeated_out_of_range(model, seq_len, batch, seed):
+    toks = repeated_solution(model, seq_len, batch, seed)
+    toks[:, 1] = toks[:, 1 + seq_len] = model.cfg.d_vocab + 3
+    return toks
+
+
+def repeated_float(model, seq_len, batch, seed):
+    return repeated_solution(model, seq_len, batch, seed).float()
+
+
+def test_randint_over_the_vocabulary_is_rejected_for_repeats_and_bos(gpt2_like):
+    with pytest.raises(CheckFailed) as info:
+        unit02.check_repeated_tokens(repeated_randint_vocab, gpt2_like)
+    text = str(info.value)
+    assert "long rows" in text and "a token repeats within the random half" in text and "torch.randint" in text
+    assert "contain the BOS id" in text
+
+
+@pytest.mark.parametrize("wrong, named", [(repeated_randperm_with_bos, "contain the BOS id"),
+                                          (repeated_out_of_range, "outside the vocabulary"),
+                                          (repeated_float, "dtype torch.float32"),
+                                          (repeated_two_draws, "does not repeat the first half exactly"),
+                                          (repeated_unseeded, "seeded torch.Generator")])
+def test_repeated_tokens_names_the_mistake(wrong, named, gpt2_like):
+    with pytest.raises(CheckFailed, match=named):
+        unit02.check_repeated_tokens(wrong, gpt2_like)

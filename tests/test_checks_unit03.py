@@ -151,3 +151,15 @@ def test_head_to_logits_accepts_solution():
 def test_head_to_logits_rejects(wrong):
     with pytest.raises(CheckFailed):
         unit03.check_head_to_logits(wrong)
+
+
+@pytest.mark.parametrize("wrong, named", [(pattern_no_scale, "1/sqrt"), (pattern_masks_the_diagonal, "diagonal"),
+                                          (pattern_softmax_over_queries, "query axis")])
+def test_attention_pattern_names_the_mistake(wrong, named):
+    with pytest.raises(CheckFailed, match=f"matches this mistake: .*{named}"):
+        unit03.check_attention_pattern(wrong)
+
+
+def test_value_mask_is_reported_with_its_targeted_case_and_hint():
+    with pytest.raises(CheckFailed, match="(?s)Case 'future keys are zero.*build it from positions"):
+        unit03.check_attention_pattern(pattern_mask_from_values)

@@ -108,3 +108,29 @@ def test_the_reference_agrees_with_the_library_on_a_model(gpt2_like):
     want = logit_diff_dla(model, tokens, correct, incorrect, per_prompt=True)
     expected = torch.stack([want[f"L{last}H{h}"] for h in range(model.cfg.n_heads)], dim=1)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+
+
+def head_centres_w_o_in_place(z, W_O, direction, ln_weight, scale, pos):
+    """Centring W_O over d_model equals centring the output, so the numbers are right, but the input is edited."""
+    W_O -= W_O.mean(-1, keepdim=True)
+    out = torch.einsum("bhd,hdm->bhm", z[:, pos], W_O) / scale[:, pos, None]
+    return torch.einsum("bhm,bm->bh", out * ln_weight, direction)
+
+
+def test_head_checker_catches_centring_w_o_in_place():
+    with pytest.raises(CheckFailed, match="modified argument `W_O` in place; it must not modify its inputs"):
+        unit04.check_head_dla(head_centres_w_o_in_place)
+    unit04.check_head_dla(head_solution)
+
+
+@pytest.mark.parametrize("wrong, named", [(head_sign_flip, "the sign is flipped"), (head_no_scale, "scale"),
+                                          (head_no_centring, "no centring"), (head_no_weight, "weight"),
+                                          (head_position_off_by_one, "position before")])
+def test_head_checker_names_the_mistake(wrong, named):
+    with pytest.raises(CheckFailed, match=f"matches this mistake: .*{named}"):
+        unit04.check_head_dla(wrong)
+
+
+def test_direction_checker_names_the_sign_flip():
+    with pytest.raises(CheckFailed, match="matches this mistake: the sign is flipped"):
+        unit04.check_logit_diff_direction(direction_sign_flip)

@@ -4,6 +4,8 @@ the references agree with mechlab.methods.self_repair / mechlab.methods.dla on a
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -147,3 +149,67 @@ def test_slope_reference_matches_mechlab_fit_slope():
             want = unit06.backup_slope(x, y, intercept, top)
             got = fit_slope(x, y, intercept=intercept, top_percent=top)[:2]
             assert np.allclose(got, want, atol=1e-10)
+
+
+def slope_with_count(count):
+    def fit(x, y, intercept, top_percent):
+        if top_percent is not None:
+            idx = torch.topk(x, count(len(x) * top_percent / 100)).indices
+            x, y = x[idx], y[idx]
+        return slope_solution(x, y, intercept, None)
+    return fit
+
+
+def slope_quantile(x, y, intercept, top_percent):
+    if top_percent is not None:
+        keep = x >= torch.quantile(x, 1 - top_percent / 100)
+        x, y = x[keep], y[keep]
+    return slope_solution(x, y, intercept, None)
+
+
+def slope_smallest(x, y, intercept, top_percent):
+    if top_percent is not None:
+        idx = torch.topk(x, max(1, round(len(x) * top_percent / 100)), largest=False).indices
+        x, y = x[idx], y[idx]
+    return slope_solution(x, y, intercept, None)
+
+
+@pytest.mark.parametrize("wrong, named", [
+    (slope_with_count(int), "rounded down .int"),
+    (slope_with_count(math.floor), "rounded down .int.. or floor"),
+    (slope_with_count(math.ceil), "rounded up .ceil"),
+    (slope_quantile, "quantile threshold"),
+    (slope_smallest, "smallest"),
+    (slope_no_filter, "no top-percent filter"),
+    (slope_never_intercept, "through the origin"),
+    (slope_swapped_axes, "swapped"),
+])
+def test_slope_checker_names_the_mistake(wrong, named):
+    with pytest.raises(CheckFailed, match=f"matches this mistake: .*{named}"):
+        unit06.check_backup_slope(wrong)
+
+
+def test_int_count_fails_only_where_the_count_is_fractional():
+    with pytest.raises(CheckFailed) as info:
+        unit06.check_backup_slope(slope_with_count(int))
+    assert "77 points, top 10 % = 7.7 points" in str(info.value) and "1 of 6 cases failed" in str(info.value)
+
+
+@pytest.mark.parametrize("wrong, named", [(de_ablated_scale, "ablated"), (de_no_centring, "no centring"),
+                                          (de_no_weight, "weight")])
+def test_direct_effect_checker_names_the_mistake(wrong, named):
+    with pytest.raises(CheckFailed, match=f"matches this mistake: .*{named}"):
+        unit06.check_head_direct_effect(wrong)
+
+
+def test_direct_effect_checker_names_the_sign_flip():
+    with pytest.raises(CheckFailed, match="matches this mistake: the sign is flipped"):
+        unit06.check_head_direct_effect(lambda *a: -de_solution(*a))
+
+
+@pytest.mark.parametrize("wrong, named", [(repair_sign_flip, "wrong sign"),
+                                          (repair_forgets_clean, "clean_de is missing"),
+                                          (lambda *a: -repair_solution(*a), "sign is flipped overall")])
+def test_self_repair_checker_names_the_mistake(wrong, named):
+    with pytest.raises(CheckFailed, match=f"matches this mistake: .*{named}"):
+        unit06.check_self_repair(wrong)

@@ -19,7 +19,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from mechlab.checks.core import Case, CheckFailed, run_cases
+from mechlab.checks.core import Case, run_cases
 from mechlab.methods import heads
 
 
@@ -72,48 +72,75 @@ def check_induction_scores(fn: Callable) -> None:
     _check_scores(fn, heads.induction_score, "check_induction_scores")
 
 
+def _repeated_cases(model) -> list[Case]:
+    """Two short cases and one long enough that drawing with replacement (``torch.randint``) or from the whole
+    vocabulary (BOS included) shows up for certain: ``batch * seq_len`` far above the vocabulary size."""
+    vocab = min(len(model.tokenizer), model.cfg.d_vocab)
+    allowed = vocab - len({i for i in heads.special_token_ids(model) if i < vocab})
+    long_len = max(2, min(allowed, (model.cfg.n_ctx - 1) // 2))
+    long_batch = max(2, min(-(-12 * vocab // long_len), 4_000_000 // (1 + 2 * long_len)))
+    return [Case("seq_len=5, batch=2, seed=0", (model, 5, 2, 0)),
+            Case("seq_len=12, batch=3, seed=1", (model, 12, 3, 1)),
+            Case(f"seq_len={long_len}, batch={long_batch}, seed=2 (long rows)", (model, long_len, long_batch, 2),
+                 hint="tokens drawn with replacement (torch.randint) repeat inside a row, and a draw from the whole "
+                      "vocabulary hits BOS; draw distinct non-special ids with torch.randperm")]
+
+
+def _repeated_problems(got, want) -> str:
+    seq_len, batch, vocab, bos, special = want
+    toks, again = got
+    if not isinstance(toks, Tensor):
+        return f"returned a {type(toks).__name__}, expected a tensor of token ids"
+    toks = toks.detach().cpu()
+    if toks.shape != (batch, 1 + 2 * seq_len):
+        return f"shape {tuple(toks.shape)}, expected {(batch, 1 + 2 * seq_len)} (BOS + 2 x seq_len)"
+    if toks.dtype != torch.long:
+        return f"dtype {toks.dtype}, expected torch.long (token ids are integers)"
+    first, second = toks[:, 1:1 + seq_len], toks[:, 1 + seq_len:]
+    problems = []
+    if not bool((toks[:, 0] == bos).all()):
+        problems.append(f"the first column is {toks[:5, 0].tolist()}..., expected the BOS id {bos} in every row")
+    if not torch.equal(first, second):
+        row, pos = (first != second).nonzero()[0].tolist()
+        problems.append(f"the second half does not repeat the first half exactly (row {row} differs at offset "
+                        f"{pos}: {int(first[row, pos])} then {int(second[row, pos])})")
+    if bool((toks < 0).any()) or bool((toks >= vocab).any()):
+        problems.append(f"ids outside the vocabulary 0..{vocab - 1} (got {int(toks.min())}..{int(toks.max())}); draw "
+                        "from range(min(len(model.tokenizer), model.cfg.d_vocab))")
+    inside = toks[:, 1:]
+    n_bos = int((inside == bos).sum())
+    if n_bos:
+        problems.append(f"the random halves contain the BOS id {bos} {n_bos} times; BOS belongs in the first column "
+                        "only, so leave it (and the other special tokens) out of the draw")
+    other = sorted({int(t) for t in inside.unique().tolist() if int(t) in special and int(t) != bos})
+    if other:
+        problems.append(f"the random halves contain special token ids {other[:5]}; leave them out of the draw")
+    repeats = [i for i, row in enumerate(first) if row.unique().numel() < seq_len]
+    if repeats:
+        problems.append(f"a token repeats within the random half in {len(repeats)} of {batch} rows (row "
+                        f"{repeats[0]}); draw seq_len *distinct* ids per row with torch.randperm, not torch.randint, "
+                        "which draws with replacement, so that the only repeats are the deliberate second half")
+    if batch > 1 and torch.equal(toks[0], toks[1]):
+        problems.append("every row is the same; draw each row separately")
+    if not isinstance(again, Tensor) or not torch.equal(toks, again.detach().cpu()):
+        problems.append("two calls with the same seed gave different tokens; use a seeded torch.Generator")
+    return "; ".join(problems)
+
+
 def check_repeated_tokens(fn: Callable, model) -> None:
     """``fn(model, seq_len, batch, seed)`` must return ``[batch, 1 + 2 * seq_len]`` token ids: BOS, then
     ``seq_len`` distinct random non-special tokens, then the same ``seq_len`` again; rows differ, the seed
-    reproduces."""
-    bos = model.tokenizer.bos_token_id
-    special = heads.special_token_ids(model)
+    reproduces. One case is long enough that ``torch.randint`` over the vocabulary cannot pass by luck."""
     vocab = min(len(model.tokenizer), model.cfg.d_vocab)
-    for seq_len, batch, seed in ((5, 2, 0), (12, 3, 1)):
-        where = f"check_repeated_tokens: case seq_len={seq_len}, batch={batch}, seed={seed}"
-        try:
-            toks = fn(model, seq_len, batch, seed)
-        except NotImplementedError:
-            raise CheckFailed("check_repeated_tokens: not implemented yet (still raises NotImplementedError).") \
-                from None
-        except Exception as err:
-            raise CheckFailed(f"{where} raised {type(err).__name__}: {err}") from err
-        if not isinstance(toks, Tensor):
-            raise CheckFailed(f"{where}: returned a {type(toks).__name__}, expected a tensor of token ids.")
-        toks = toks.cpu()
-        problems = []
-        if toks.shape != (batch, 1 + 2 * seq_len):
-            problems.append(f"shape {tuple(toks.shape)}, expected {(batch, 1 + 2 * seq_len)} (BOS + 2 x seq_len)")
-        elif toks.dtype != torch.long:
-            problems.append(f"dtype {toks.dtype}, expected torch.long (token ids)")
-        elif not bool((toks[:, 0] == bos).all()):
-            problems.append(f"the first column is {toks[:, 0].tolist()}, expected the BOS id {bos} in every row")
-        elif not torch.equal(toks[:, 1:1 + seq_len], toks[:, 1 + seq_len:]):
-            problems.append("the second half does not repeat the first half")
-        elif bool((toks < 0).any()) or bool((toks >= vocab).any()):
-            problems.append(f"ids outside the vocabulary 0..{vocab - 1}")
-        elif any(int(t) in special for t in toks[:, 1:].flatten()):
-            problems.append("the random part contains special tokens (BOS/EOS/padding); leave them out")
-        elif any(len(set(row.tolist())) < seq_len for row in toks[:, 1:1 + seq_len]):
-            problems.append("a token repeats within the random half; draw seq_len *distinct* tokens per row "
-                            "(torch.randperm), so that the only repeats are the deliberate second half")
-        elif batch > 1 and torch.equal(toks[0], toks[1]):
-            problems.append("every row is the same; draw each row separately")
-        elif not torch.equal(toks, fn(model, seq_len, batch, seed).cpu()):
-            problems.append("two calls with the same seed gave different tokens; use a seeded torch.Generator")
-        if problems:
-            raise CheckFailed(f"{where}: {problems[0]}.")
-    print("check_repeated_tokens: passed 2 cases.")
+    facts = (vocab, model.tokenizer.bos_token_id, heads.special_token_ids(model))
+
+    def twice(model, seq_len, batch, seed):
+        return fn(model, seq_len, batch, seed), fn(model, seq_len, batch, seed)
+
+    def spec(model, seq_len, batch, seed):
+        return (seq_len, batch, *facts)
+
+    run_cases(twice, spec, _repeated_cases(model), name="check_repeated_tokens", compare=_repeated_problems)
 
 
 __all__ = ["check_duplicate_token_scores", "check_induction_scores", "check_previous_token_scores",

@@ -1,7 +1,7 @@
 """Checkers for unit 03 (the toy attention model): causal attention, one training step, one head's logits.
 
 Each runs the learner's function and a reference on small random cases and raises
-:class:`mechlab.checks.core.CheckFailed` naming the first case that disagrees::
+:class:`mechlab.checks.core.CheckFailed` naming every failing case and the mistake it recognises::
 
     from mechlab.checks import unit03
     unit03.check_attention_pattern(my_attention_pattern)   # fn(q, k) -> [batch, head, query_pos, key_pos]
@@ -37,10 +37,12 @@ def _pattern_cases() -> list[Case]:
     k[:, 3:] = 0.0
     return [
         Case("batch 2, 6 positions, 3 heads, d_head 4", (_randn(2, 6, 3, 4, seed=1), _randn(2, 6, 3, 4, seed=2))),
-        Case("large scores, d_head 16 (is the 1/sqrt(d_head) scale there?)",
-             (3 * _randn(1, 4, 2, 16, seed=3), 3 * _randn(1, 4, 2, 16, seed=4))),
+        Case("large scores, d_head 16", (3 * _randn(1, 4, 2, 16, seed=3), 3 * _randn(1, 4, 2, 16, seed=4)),
+             hint="is the 1/sqrt(d_head) scale there?"),
         Case("one position", (_randn(3, 1, 2, 4, seed=5), _randn(3, 1, 2, 4, seed=6))),
-        Case("future keys are zero vectors (scores exactly 0)", (q, k)),
+        Case("future keys are zero vectors (scores exactly 0)", (q, k),
+             hint="a mask built from the scores' values (`scores.triu(1).bool()`) leaves exact zeros visible; build "
+                  "it from positions"),
     ]
 
 
@@ -48,7 +50,21 @@ def check_attention_pattern(fn: Callable) -> None:
     """``fn(q, k)`` with q, k ``[batch, pos, head, d_head]`` must return the causal attention pattern
     ``[batch, head, query_pos, key_pos]``: scores scaled by ``1/sqrt(d_head)``, positions after the query
     masked out, softmax over keys."""
-    run_cases(fn, attention_pattern, _pattern_cases(), name="check_attention_pattern")
+    def scores(q, k):
+        return torch.einsum("bqhd,bkhd->bhqk", q, k)
+
+    def future(q, diagonal):
+        return torch.ones(q.shape[1], q.shape[1], dtype=torch.bool, device=q.device).triu(diagonal)
+
+    mistakes = {
+        "the 1/sqrt(d_head) scale is missing": lambda q, k: scores(q, k).masked_fill(future(q, 1), -torch.inf)
+        .softmax(-1),
+        "the diagonal is masked too: a query may attend to itself": lambda q, k: (scores(q, k) / q.shape[-1] ** 0.5)
+        .masked_fill(future(q, 0), -1e9).softmax(-1),
+        "softmax over the query axis instead of the keys": lambda q, k: (scores(q, k) / q.shape[-1] ** 0.5)
+        .masked_fill(future(q, 1), -torch.inf).softmax(-2),
+    }
+    run_cases(fn, attention_pattern, _pattern_cases(), name="check_attention_pattern", mistakes=mistakes)
 
 
 # ---------------------------------------------------------------------------------------------------------

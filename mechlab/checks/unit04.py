@@ -2,7 +2,7 @@
 
 Each runs the learner's function and a reference on small random cases (the final norm's scale differs from
 position to position and from prompt to prompt, so a missing scale or a wrong position cannot agree by luck) and
-raises :class:`mechlab.checks.core.CheckFailed` naming the first case that disagrees::
+raises :class:`mechlab.checks.core.CheckFailed` naming every failing case and the mistake it recognises::
 
     from mechlab.checks import unit04
     unit04.check_logit_diff_direction(fn)   # fn(W_U, correct, incorrect) -> [batch, d_model]
@@ -17,7 +17,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from mechlab.checks.core import Case, run_cases
+from mechlab.checks.core import Case, negated, run_cases
 
 
 def _randn(*shape: int, seed: int) -> Tensor:
@@ -44,7 +44,10 @@ def check_logit_diff_direction(fn: Callable) -> None:
         Case("one prompt", (_randn(16, 50, seed=2), torch.tensor([42]), torch.tensor([0]))),
         Case("same wrong token for every prompt", (_randn(4, 10, seed=3), torch.tensor([1, 2]), torch.tensor([9, 9]))),
     ]
-    run_cases(fn, logit_diff_direction, cases, name="check_logit_diff_direction")
+    mistakes = {"the sign is flipped: W_U[:, incorrect] - W_U[:, correct]": negated(logit_diff_direction),
+                "transposed: [d_model, batch] instead of one row per prompt":
+                    lambda W_U, c, i: W_U[:, c] - W_U[:, i]}
+    run_cases(fn, logit_diff_direction, cases, name="check_logit_diff_direction", mistakes=mistakes)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -90,7 +93,19 @@ def check_head_dla(fn: Callable) -> None:
     difference at position ``pos``: [batch, head]. ``z`` is one layer's ``hook_z`` [batch, pos, head, d_head],
     ``W_O`` that layer's [head, d_head, d_model], ``direction`` from exercise 1, ``ln_weight`` the final
     LayerNorm's weight and ``scale`` its ``hook_scale`` [batch, pos, 1] (frozen: read from the cache)."""
-    run_cases(fn, head_dla, _head_cases(), name="check_head_dla")
+    mistakes = {
+        "the sign is flipped": negated(head_dla),
+        "the final norm's scale is missing (divide by scale[:, pos])":
+            lambda z, W_O, d, w, scale, pos: head_dla(z, W_O, d, w, torch.ones_like(scale), pos),
+        "no centring: a LayerNorm subtracts the mean over d_model first":
+            lambda z, W_O, d, w, scale, pos: torch.einsum("bhm,bm->bh", torch.einsum(
+                "bhd,hdm->bhm", z[:, pos], W_O) / scale[:, pos, None] * w, d),
+        "the norm's weight is missing":
+            lambda z, W_O, d, w, scale, pos: head_dla(z, W_O, d, torch.ones_like(w), scale, pos),
+        "read at the position before `pos`":
+            lambda z, W_O, d, w, scale, pos: head_dla(z, W_O, d, w, scale, (pos - 1) % z.shape[1]),
+    }
+    run_cases(fn, head_dla, _head_cases(), name="check_head_dla", mistakes=mistakes)
 
 
 __all__ = ["check_head_dla", "check_logit_diff_direction", "head_dla", "logit_diff_direction"]
