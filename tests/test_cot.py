@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
 
-from mechlab.cot.runner import COLUMNS, CotItem, load_results, make_items, run_cot, solved, summary_by_hops
+from mechlab.cot.runner import (
+    COLUMNS,
+    CotItem,
+    ResultsFileWarning,
+    load_results,
+    make_items,
+    run_cot,
+    solved,
+    summary_by_hops,
+)
 from mechlab.data.prontoqa import make_problems, proof_text, render
 from mechlab.methods.generate import generate
 
@@ -78,16 +88,110 @@ def test_rows_hold_the_generated_continuation_and_the_item(gpt2_like, items, tmp
         assert not (row["correct_pred"] and row["correct_cot"])  # a random model does not write the proof
 
 
-def test_a_half_written_row_is_dropped_and_run_again(gpt2_like, items, tmp_path):
+def test_a_half_written_row_is_kept_on_disk_skipped_and_run_again(gpt2_like, items, tmp_path):
     path = tmp_path / "cot.jsonl"
     with pytest.raises(Interrupt):
         run_cot(gpt2_like, items, path, max_new_tokens=N_NEW, batch_size=2, on_row=_raise_after(2))
+    half = '{"id": "0002-abc", "prompt": "Every wum'
     with open(path, "a") as f:  # a disconnect in the middle of writing the third row
-        f.write('{"id": "0002-abc", "prompt": "Every wum')
-    assert len(load_results(path)) == 2
-    rows = run_cot(gpt2_like, items, path, max_new_tokens=N_NEW, batch_size=2)
-    ids = _ids_in_file(path)
+        f.write(half)
+    before = path.read_bytes()
+    with pytest.warns(ResultsFileWarning, match=r"cot.jsonl line 3: a half-written row"):
+        assert len(load_results(path)) == 2
+    assert path.read_bytes() == before  # reading wrote nothing
+    with pytest.warns(ResultsFileWarning):
+        rows = run_cot(gpt2_like, items, path, max_new_tokens=N_NEW, batch_size=2)
+    after = path.read_bytes()
+    assert after.startswith(before + b"\n")  # the half row is still there, closed by a newline; nothing was cut
+    lines = after.decode().splitlines()
+    assert lines[2] == half
+    ids = [json.loads(line)["id"] for i, line in enumerate(lines) if i != 2]
     assert len(ids) == len(set(ids)) == len(items) == len(rows)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the results file is never changed by reading it, and every complete row comes back
+
+
+def _row(i: int) -> dict:
+    return {c: None for c in COLUMNS} | {"id": f"{i:04d}-row", "prompt": f"prompt {i}", "output": f"text {i}"}
+
+
+def _lines(*rows) -> bytes:
+    return b"".join(json.dumps(r).encode() + b"\n" for r in rows)
+
+
+def _read_keeping_bytes(path, warn: str | None) -> list[dict]:
+    """load_results, checking the file's bytes are unchanged and a warning naming the file and line (or none)."""
+    before = path.read_bytes()
+    if warn is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            rows = load_results(path)
+    else:
+        with pytest.warns(ResultsFileWarning, match=warn):
+            rows = load_results(path)
+    assert path.read_bytes() == before
+    return rows
+
+
+def test_a_valid_last_row_without_its_newline_is_kept(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_bytes(_lines(_row(0)) + json.dumps(_row(1)).encode())
+    assert _read_keeping_bytes(path, warn=None) == [_row(0), _row(1)]
+
+
+def test_a_one_row_file_is_read_whole(tmp_path):
+    path = tmp_path / "r.jsonl"
+    for data in (_lines(_row(0)), json.dumps(_row(0)).encode()):  # with and without the final newline
+        path.write_bytes(data)
+        assert _read_keeping_bytes(path, warn=None) == [_row(0)]
+
+
+def test_a_half_row_is_reported_and_skipped(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_bytes(_lines(_row(0), _row(1)) + json.dumps(_row(2)).encode()[:25])
+    assert _read_keeping_bytes(path, warn=r"r\.jsonl line 3: a half-written row") == [_row(0), _row(1)]
+    path.write_bytes(json.dumps(_row(0)).encode()[:25])  # the first row of a run, cut short
+    assert _read_keeping_bytes(path, warn=r"r\.jsonl line 1: a half-written row") == []
+
+
+def test_a_corrupt_middle_line_is_reported_and_skipped(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_bytes(_lines(_row(0)) + b'{"id": "0001-row", "prom\n' + b"[1, 2]\n" + _lines(_row(3)))
+    with pytest.warns(ResultsFileWarning, match=r"line 3: JSON list"):
+        rows = _read_keeping_bytes(path, warn=r"r\.jsonl line 2: not JSON")
+    assert rows == [_row(0), _row(3)]
+
+
+def test_bytes_that_are_not_utf8_are_reported_and_skipped(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_bytes(_lines(_row(0)) + b'{"id": "\xff\xfe"}\n' + _lines(_row(2)))
+    assert _read_keeping_bytes(path, warn=r"r\.jsonl line 2: bytes that are not UTF-8") == [_row(0), _row(2)]
+
+
+def test_resuming_after_a_row_without_its_newline_appends_on_a_new_line(items, tmp_path, monkeypatch):
+    class Canned:  # stands in for generate(): a fixed text per prompt
+        def __init__(self, prompts):
+            self.texts = [f"out {p[-8:]}" for p in prompts]
+            self.finish = ["length"] * len(prompts)
+
+    calls = []
+    monkeypatch.setattr("mechlab.cot.runner.generate",
+                        lambda model, prompts, **kw: calls.append(list(prompts)) or Canned(prompts))
+    path = tmp_path / "cot.jsonl"
+    first = run_cot(None, items[:2], path, batch_size=1)
+    data = path.read_bytes().rstrip(b"\n")  # as if the newline of the last row had not reached the disk
+    path.write_bytes(data)
+    calls.clear()
+    rows = run_cot(None, items, path, batch_size=2)
+    assert rows[:2] == first  # both complete rows are kept, neither is generated again
+    assert sorted(p for chunk in calls for p in chunk) == sorted(x.prompt for x in items[2:])
+    after = path.read_bytes()
+    assert after.startswith(data + b"\n")  # appended after a newline; nothing before it was rewritten
+    assert {json.loads(line)["id"] for line in after.decode().splitlines()[:2]} == {x.id for x in items[:2]}
+    on_disk = _read_keeping_bytes(path, warn=None)
+    assert len(on_disk) == len(items) and {r["id"] for r in on_disk} == {x.id for x in items}
 
 
 def test_grading_of_a_gold_and_a_wrong_continuation(gemma_like, items, tmp_path, monkeypatch):

@@ -90,11 +90,34 @@ def test_last_layer_head_and_mlp_match_knockouts_with_the_scale_frozen(model):
     torch.testing.assert_close(res[f"L{last} mlp"], (ld(logits) - ld(patched)).cpu(), atol=1e-4, rtol=0)
 
 
-def test_a_missing_scale_or_sign_flip_would_be_caught(model):
-    """The frozen scale matters: it is not 1 on these models, so omitting it could not pass the sum test."""
+def test_a_layer_0_head_matches_a_hand_computation_that_a_missing_scale_or_sign_flip_would_fail(model):
+    """An early head, which the knockouts above do not reach: z @ W_O, centred (LayerNorm), times the final norm's
+    weight read from the HF module, divided by the cached scale, dotted with W_U[:, correct] - W_U[:, incorrect].
+    The same sum without the scale, or with the sign flipped, is far outside the tolerance: the comparison sees
+    both mistakes."""
     tokens = _tokens(model)
-    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n == FINAL_NORM_SCALE)
-    assert (cache[FINAL_NORM_SCALE] - 1).abs().min() > 1e-2
+    correct, incorrect = torch.tensor([5, 6, 7]), torch.tensor([8, 9, 10])
+    res = logit_diff_dla(model, tokens, correct, incorrect, per_prompt=True)
+    z_name = hook_name("z", 0)
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in {z_name, FINAL_NORM_SCALE})
+    hf = model.original_model
+    if hasattr(hf, "transformer"):  # GPT-2: LayerNorm centres, gain = weight
+        centre, gain = True, hf.transformer.ln_f.weight.detach().float()
+    else:  # Gemma: RMSNorm, gain = 1 + weight
+        centre, gain = False, 1.0 + hf.model.norm.weight.detach().float()
+    w_u = model.W_U.detach().float()
+    read = (w_u[:, correct.to(w_u.device)] - w_u[:, incorrect.to(w_u.device)]).T  # [batch, d_model]
+    scale = cache[FINAL_NORM_SCALE][:, -1].float()  # [batch, 1]
+    for head in range(model.cfg.n_heads):
+        out = cache[z_name][:, -1, head].float() @ model.W_O[0, head].detach().float()  # [batch, d_model]
+        if centre:
+            out = out - out.mean(-1, keepdim=True)
+        want = (out * gain * read).sum(-1) / scale[:, 0]
+        torch.testing.assert_close(res[f"L0H{head}"], want.cpu(), atol=1e-6, rtol=1e-4)
+        # these heads write little (|effect| ~ 1e-3): the mistakes fail even a tolerance 100 times looser
+        without_scale = (out * gain * read).sum(-1)
+        assert not torch.allclose(without_scale, want, atol=1e-6, rtol=1e-2)
+        assert not torch.allclose(-want, want, atol=1e-6, rtol=1e-2)
 
 
 def test_accumulated_residual(model):

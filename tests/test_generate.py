@@ -149,3 +149,52 @@ def test_refuses_bad_arguments(gpt2_like):
         generate(gpt2_like, "hi", stop=[""])
     with pytest.raises(ValueError, match="max_new_tokens"):
         generate(gpt2_like, "hi", max_new_tokens=0)
+
+
+def _eos_when(model, trigger: int):
+    """A logits hook: wherever ``trigger`` would be the greedy token, the end-of-text token wins instead."""
+    eos = model.tokenizer.eos_token_id
+
+    def hook(logits, hook):
+        logits = logits.clone()
+        hit = logits.argmax(-1) == trigger
+        logits[..., eos] = torch.where(hit, logits.max(-1).values + 10.0, logits[..., eos])
+        return logits
+    return hook
+
+
+def test_a_row_that_reaches_end_of_text_stops_without_it_in_its_text(sharp_model):
+    n = 10
+    eos = sharp_model.tokenizer.eos_token_id
+    plain = {p: stepwise_greedy(sharp_model, p, n)[0] for p in PROMPTS}
+    # a token that one prompt's continuation reaches at step k >= 2 and another prompt's never writes
+    found = next(((a, b, k) for a in PROMPTS for b in PROMPTS if a != b for k in range(2, n)
+                  if plain[a][k] not in plain[a][:k] + plain[b] and eos not in plain[a][:k] + plain[b]), None)
+    assert found is not None, "no usable trigger token in the reference continuations; change the seed"
+    a, b, k = found
+    trigger = plain[a][k]
+    with sharp_model.hooks(fwd_hooks=[("unembed.hook_out", _eos_when(sharp_model, trigger))]):
+        ref_a, _ = stepwise_greedy(sharp_model, a, k + 1)  # the hand loop sees the same forced end-of-text
+        out = generate(sharp_model, [a, b], max_new_tokens=n, batch_size=2)
+        on = generate(sharp_model, [a, b], max_new_tokens=n, batch_size=2, stop_at_eos=False)
+    assert ref_a == plain[a][:k] + [eos]
+
+    assert out.finish == ["eos", "length"]
+    assert out.tokens[0].tolist() == ref_a  # the end-of-text id is kept in the tokens...
+    assert out.texts[0] == sharp_model.tokenizer.decode(plain[a][:k])  # ...but not in the text
+    assert sharp_model.tokenizer.decode([eos]) not in out.texts[0]
+    assert out.full_texts[0] == a + out.texts[0] and out.stop_found[0] is None
+    # the other row of the batch carries on untouched after the first one leaves it
+    assert out.tokens[1].tolist() == plain[b]
+    assert out.texts[1] == sharp_model.tokenizer.decode(plain[b])
+    # with stop_at_eos=False the end-of-text token is an ordinary token: decoded, and the row goes on
+    assert on.finish[0] == "length" and on.tokens[0].tolist()[:k + 1] == ref_a
+    assert sharp_model.tokenizer.decode([eos]) in on.texts[0]
+
+
+def test_prompts_that_are_not_strings_are_refused(gpt2_like):
+    for bad in (None, 5, b"bytes", torch.tensor([[1, 2]])):
+        with pytest.raises(ValueError, match="prompts must be a string or a non-empty list of strings"):
+            generate(gpt2_like, bad)
+    with pytest.raises(ValueError, match="non-empty list of strings"):
+        generate(gpt2_like, ["ok", None])

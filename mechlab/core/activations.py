@@ -24,7 +24,10 @@ Example::
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Iterable, Sequence
+
+from torch import bool as torch_bool
 
 HOOKS = {
     "resid_pre": "blocks.{}.hook_resid_pre",
@@ -54,18 +57,38 @@ def check_kind(kind: str, kinds: Iterable[str] | None = None) -> str:
     return kind
 
 
+def _as_index(x) -> int | None:
+    """``x`` as a plain int when it is an integer (int, numpy or 0-d torch integer), else None; bools are not."""
+    if isinstance(x, bool) or getattr(x, "dtype", None) == torch_bool:
+        return None
+    try:
+        return operator.index(x)
+    except TypeError:
+        return None
+
+
 def check_layer(model, layer: int) -> int:
     """``layer`` as an index in 0..n_layers-1 (negative counts from the end); refuses floats and bools."""
     n = model.cfg.n_layers
-    if isinstance(layer, bool) or not isinstance(layer, int) or not (-n <= layer < n):
+    index = _as_index(layer)
+    if index is None or not (-n <= index < n):
         raise ValueError(f"layer {layer!r} ({type(layer).__name__}) does not exist: this model has integer layers "
                          f"0..{n - 1}. Pass an int, e.g. layer=1.")
-    return layer % n
+    return index % n
 
 
 def layer_list(model, layers: Iterable[int] | None) -> list[int]:
     """Every layer when ``layers`` is None, else each one checked by ``check_layer``."""
-    return list(range(model.cfg.n_layers)) if layers is None else [check_layer(model, x) for x in layers]
+    if layers is None:
+        return list(range(model.cfg.n_layers))
+    if isinstance(layers, (str, bytes)) or not isinstance(layers, Iterable):
+        raise ValueError(f"layers={layers!r}: expected a list of layer indices such as [0, 1], or None for every "
+                         f"layer (this model has layers 0..{model.cfg.n_layers - 1}).")
+    out = [check_layer(model, x) for x in layers]
+    if not out:
+        raise ValueError("layers=[] selects no layer, so there is nothing to compute; pass None for every layer, "
+                         "or a list such as [0, 1].")
+    return out
 
 
 def hook_name(kind: str, layer: int, model=None) -> str:
@@ -109,8 +132,15 @@ def head_labels(n_layers: int, n_heads: int) -> list[str]:
 
 def parse_head(label: str | tuple[int, int], n_layers: int, n_heads: int) -> tuple[int, int]:
     """``'L9H9'``, ``'9.9'`` or ``(9, 9)`` -> ``(9, 9)``, checked against the model's size."""
-    if isinstance(label, tuple) and len(label) == 2:
-        layer, head = int(label[0]), int(label[1])
+    if isinstance(label, tuple):
+        parts = [_as_index(x) for x in label]
+        if len(label) != 2 or None in parts:
+            raise ValueError(f"head {label!r} is not a (layer, head) pair of integers; write it as (9, 9) with two "
+                             "ints, or as 'L9H9'.")
+        layer, head = parts
+    elif not isinstance(label, str):
+        raise ValueError(f"head {label!r} ({type(label).__name__}) is not understood; write it as 'L9H9', '9.9' or "
+                         "(9, 9).")
     else:
         text = str(label).strip().upper()
         try:

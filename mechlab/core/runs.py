@@ -52,6 +52,15 @@ def logit_diff_metric(
     ``IOIBatch.end`` for right-padded prompts), in fp32."""
     correct, incorrect = torch.as_tensor(correct), torch.as_tensor(incorrect)
     pos_t = torch.as_tensor(pos)
+    for what, ids in (("correct", correct), ("incorrect", incorrect)):
+        if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+            raise ValueError(f"logit_diff_metric: {what} ids have dtype {ids.dtype}; expected integer token ids, e.g. "
+                             "mechlab.core.tokens.answer_token_ids(model, [' Mary']).")
+        if ids.numel() and int(ids.min()) < 0:
+            raise ValueError(f"logit_diff_metric: {what} holds the negative id {int(ids.min())}; token ids are "
+                             "0..d_vocab-1. Use the ids of answer_token_ids(model, words).")
+    if pos_t.is_floating_point() or pos_t.dtype == torch.bool:
+        raise ValueError(f"logit_diff_metric: pos={pos!r}; expected an int position (or one int per prompt).")
     if correct.ndim != 1 or incorrect.ndim not in (1, 2) or incorrect.shape[0] != correct.shape[0]:
         raise ValueError(f"logit_diff_metric: correct has shape {tuple(correct.shape)} and incorrect "
                          f"{tuple(incorrect.shape)}; pass one correct id per prompt and one incorrect id (or a row "
@@ -60,7 +69,16 @@ def logit_diff_metric(
         raise ValueError(f"logit_diff_metric: {pos_t.shape[0]} positions for {correct.shape[0]} prompts; pass one "
                          "position, or one per prompt.")
 
+    top = max(int(correct.max()), int(incorrect.max())) if correct.numel() else -1
+
     def metric(logits: Float[Tensor, "batch pos d_vocab"]) -> Float[Tensor, " batch"]:
+        if top >= logits.shape[-1]:
+            raise ValueError(f"logit_diff_metric: token id {top} is out of range for logits over {logits.shape[-1]} "
+                             "tokens (ids 0..d_vocab-1); the ids come from another tokenizer or model. Use "
+                             "answer_token_ids(model, words) with the model you run.")
+        if logits.shape[0] != correct.shape[0]:
+            raise ValueError(f"logit_diff_metric was built for {correct.shape[0]} prompts but got logits for "
+                             f"{logits.shape[0]}; build the metric with one correct and incorrect id per prompt run.")
         if pos_t.ndim == 0:
             final = logits[:, int(pos_t)]
         else:
@@ -106,10 +124,20 @@ def model_device(model) -> torch.device:
 
 
 def check_tokens(model, tokens, what: str) -> Int[Tensor, "batch pos"]:
+    """``tokens`` moved to the model, or a ValueError: not an integer [batch, pos] tensor, no prompts or no
+    positions, or ids outside the vocabulary ``0..d_vocab-1``."""
     if not isinstance(tokens, Tensor) or tokens.dtype not in (torch.long, torch.int32) or tokens.ndim != 2:
         raise ValueError(f"{what} tokens must be an integer tensor of shape [batch, pos] (from model.to_tokens or "
                          f"mechlab.core.tokens.clean_corrupted_tokens); got {type(tokens).__name__} "
                          f"{getattr(tokens, 'dtype', '')} {tuple(getattr(tokens, 'shape', ()))}.")
+    if tokens.shape[0] == 0 or tokens.shape[1] == 0:
+        empty = "prompts" if tokens.shape[0] == 0 else "positions"
+        raise ValueError(f"{what} tokens have shape {tuple(tokens.shape)}: no {empty}, so there is nothing to measure. "
+                         "Pass at least one prompt of at least one token (e.g. model.to_tokens(['The cat sat'])).")
+    low, high = int(tokens.min()), int(tokens.max())
+    if low < 0 or high >= model.cfg.d_vocab:
+        raise ValueError(f"{what} tokens hold ids from {low} to {high}, but this model's vocabulary has ids "
+                         f"0..{model.cfg.d_vocab - 1}; tokenize with this model's tokenizer (model.to_tokens).")
     return tokens.to(model_device(model))
 
 
@@ -120,6 +148,10 @@ def as_token_pair(model, clean, corrupted) -> tuple[Int[Tensor, "batch pos"], In
     different shapes raise a ``ValueError`` showing the first prompt of each. Tokens are moved to the model.
     """
     if isinstance(clean, (str, list, tuple)) or isinstance(corrupted, (str, list, tuple)):
+        for what, prompts in (("clean", clean), ("corrupted", corrupted)):
+            if isinstance(prompts, (list, tuple)) and not prompts:
+                raise ValueError(f"{what} is an empty list: no prompts, so there is nothing to measure. Pass at least "
+                                 "one prompt, e.g. ['When Mary and John went to the store, John gave a drink to'].")
         clean, corrupted = clean_corrupted_tokens(model, clean, corrupted)
     clean, corrupted = check_tokens(model, clean, "clean"), check_tokens(model, corrupted, "corrupted")
     if clean.shape != corrupted.shape:

@@ -2,7 +2,9 @@
 
 The runner appends one JSON line per problem as soon as it is graded (flushed and synced), so a Colab
 disconnect loses at most the chunk being generated. Running it again on the same file skips the problems
-already there: nothing is generated twice and no row is duplicated.
+already there: nothing is generated twice and no row is duplicated. Nothing is ever cut from the file: a line
+that cannot be read (a row half-written when the session died) is reported, skipped and left where it is, and its
+problem is run again.
 
 Columns of a row: ``id``, ``prompt``, ``gold_cot`` (the gold proof steps), ``output`` (the model's
 continuation), ``pred_cot`` (the proof steps read from it, normalised), ``label``, ``pred`` (True, False or
@@ -28,6 +30,7 @@ import hashlib
 import json
 import os
 import random
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,35 +98,62 @@ def make_items(problems: Sequence, shots_pool: Sequence, *, n_shots: int = 7, st
 # the results file
 
 
+class ResultsFileWarning(UserWarning):
+    """A line of a results file could not be read and was skipped (the file itself is never changed)."""
+
+
 def load_results(path: str | Path) -> list[dict]:
-    """The rows of a results file (JSON lines). A half-written last line (an interrupt mid-write) is dropped
-    from the file, with a message, so that the next row starts on a line of its own."""
+    """The complete rows of a results file (JSON lines); reading never changes the file.
+
+    A line that cannot be read (a half-written last row after an interrupt, a corrupt line, bytes that are not
+    UTF-8) is reported with a ``ResultsFileWarning`` naming the file and the line, and skipped: its problem is
+    run again by :func:`run_cot`, and the line itself stays on disk for you to inspect. A valid last row without
+    its final newline is a complete row and is kept. A JSON row without the runner's columns is a ``ValueError``
+    (the file was not written by ``run_cot``).
+    """
     path = Path(path)
     if not path.exists():
         return []
-    raw = path.read_bytes()
-    if raw and not raw.endswith(b"\n"):
-        keep = raw.rfind(b"\n") + 1
-        print(f"mechlab: {path} ends in a half-written row ({len(raw) - keep} bytes, an interrupt mid-write); "
-              "dropping it, its problem will be run again.")
-        with open(path, "r+b") as f:
-            f.truncate(keep)
-        raw = raw[:keep]
     rows = []
-    for n, line in enumerate(raw.decode().splitlines(), start=1):
-        if not line.strip():
+    for n, row, reason in _scan(path.read_bytes()):
+        if reason is not None:
+            warnings.warn(f"{path} line {n}: {reason}; skipped (the file is left as it is), so its problem will be "
+                          "run again.", ResultsFileWarning, stacklevel=2)
             continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} line {n} is not JSON ({err}); this file is not a mechlab results file, or "
-                             "was edited. Pass another path, or fix or delete that line.") from None
         missing = [c for c in COLUMNS if c not in row]
         if missing:
             raise ValueError(f"{path} line {n} lacks the columns {missing}; it was not written by run_cot. "
                              "Pass another path.")
         rows.append(row)
     return rows
+
+
+def _scan(data: bytes):
+    """``(line number, row or None, why it is unreadable or None)`` for every non-blank line of ``data``."""
+    lines = data.split(b"\n")
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        last_unterminated = n == len(lines)  # data does not end in a newline: maybe an interrupted write
+        try:
+            row = json.loads(line.decode("utf-8"))
+        except UnicodeDecodeError as err:
+            yield n, None, f"bytes that are not UTF-8 ({err.reason} at byte {err.start})"
+            continue
+        except json.JSONDecodeError as err:
+            what = "a half-written row (an interrupt mid-write?)" if last_unterminated else "not JSON"
+            yield n, None, f"{what} ({len(line)} bytes; {err.msg} at column {err.colno})"
+            continue
+        if not isinstance(row, dict):
+            yield n, None, f"JSON {type(row).__name__}, not a row object"
+            continue
+        yield n, row, None
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
 
 
 def _append(f, row: dict) -> None:
@@ -187,6 +217,9 @@ def run_cot(
         print(f"mechlab: {path}: {len(items) - len(pending)} of {len(items)} items already done, "
               f"{len(pending)} to go.")
     pending.sort(key=lambda x: -len(x.prompt))  # similar lengths share a batch: less padding
+    if pending and path.exists() and path.stat().st_size and not _ends_with_newline(path):
+        with open(path, "ab") as f:  # the next row starts on a line of its own; nothing is cut or rewritten
+            f.write(b"\n")
     with open(path, "a", encoding="utf-8") as f, \
             tqdm(total=len(pending), desc="chain-of-thought", unit="problem", disable=not pending) as bar:
         for start in range(0, len(pending), batch_size):

@@ -38,9 +38,20 @@ from mechlab.core.runs import Metric, Patch, cache_acts, check_tokens, run_patch
 METHODS = ("zero", "mean", "resample")
 
 
-def parse_component(model, label: str) -> Patch:
-    """``'L1H2'`` -> the patch of head 2's z at layer 1; ``'L1 mlp'`` -> layer 1's MLP output (all positions)."""
-    text = str(label).strip()
+def parse_component(model, label: str | tuple[int, int]) -> Patch:
+    """``'L1H2'`` or ``(1, 2)`` -> the patch of head 2's z at layer 1; ``'L1 mlp'`` -> layer 1's MLP output (all
+    positions)."""
+    if isinstance(label, tuple):
+        try:
+            layer, head = parse_head(label, model.cfg.n_layers, model.cfg.n_heads)
+        except ValueError as err:
+            raise ValueError(f"component {label!r}: {err} Components are heads 'L{{l}}H{{h}}' or (l, h), or MLPs "
+                             "'L{l} mlp'.") from None
+        return Patch(hook_name("z", layer), head)
+    if not isinstance(label, str):
+        raise ValueError(f"component {label!r} ({type(label).__name__}) is not understood; components are heads "
+                         "'L{l}H{h}' or (l, h), or MLPs 'L{l} mlp', e.g. 'L1H2' or 'L3 mlp'.")
+    text = label.strip()
     if text.lower().endswith("mlp"):
         layer_text = text[:-3].strip().upper().removeprefix("L")
         if not layer_text.isdigit():
@@ -55,6 +66,15 @@ def parse_component(model, label: str) -> Patch:
         raise ValueError(f"component {label!r}: {err} Components are heads 'L{{l}}H{{h}}' or MLPs 'L{{l}} mlp'.") \
             from None
     return Patch(hook_name("z", layer), head)
+
+
+def _component_list(components) -> list:
+    """One label (a string or an (l, h) tuple) or a list (or tuple of strings) of them -> a non-empty list."""
+    one_head = isinstance(components, tuple) and not any(isinstance(c, (str, tuple)) for c in components)
+    out = [components] if isinstance(components, str) or one_head else list(components)
+    if not out:
+        raise ValueError("no components were given; pass labels such as ['L1H2', 'L0 mlp'], or None for all.")
+    return out
 
 
 def all_components(model) -> list[str]:
@@ -101,7 +121,7 @@ def ablation_hooks(model, components: Sequence[str], *, method: str = "zero",
     ``tokens`` (the prompts that will be run) are needed for mean and resample ablation, to check shapes and to
     build the replacement; zero ablation needs nothing.
     """
-    components = [components] if isinstance(components, str) else list(components)
+    components = _component_list(components)
     by_name: dict[str, list[Patch]] = {}
     for p in (parse_component(model, c) for c in components):
         by_name.setdefault(p.name, []).append(p)
@@ -159,8 +179,9 @@ def ablation_scan(
     Returns ``Labelled`` over the components (default every head and MLP), unit "metric change" / "metric".
     """
     tokens = check_tokens(model, tokens, "tokens")
-    components = all_components(model) if components is None else list(components)
+    components = all_components(model) if components is None else _component_list(components)
     patches = [parse_component(model, c) for c in components]
+    components = [f"L{c[0]}H{c[1]}" if isinstance(c, tuple) else c for c in components]  # labels are strings
     sources = ablation_sources(model, components, method, tokens, reference)
     _, base = cache_acts(model, tokens, set(), metric)
     values = run_patches(model, tokens, patches, sources, metric, max_batch=max_batch, progress=progress,

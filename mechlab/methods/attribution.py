@@ -68,7 +68,7 @@ from mechlab.core.activations import (
     row_labels,
 )
 from mechlab.core.results import Labelled
-from mechlab.core.runs import Metric, cache_acts, metric_per_copy
+from mechlab.core.runs import Metric, cache_acts, check_tokens, metric_per_copy
 from mechlab.core.tokens import check_same_shape
 from mechlab.methods.patching import DIRECTIONS
 
@@ -89,24 +89,25 @@ def _prepare(model, clean, corrupted, direction, layers, freeze_final_scale):
     if direction not in DIRECTIONS:
         raise ValueError(f"direction={direction!r}; expected 'noising' (corrupted activations into the clean run) "
                          "or 'denoising' (clean activations into the corrupted run).")
-    for what, toks in (("clean", clean), ("corrupted", corrupted)):
-        if not isinstance(toks, Tensor) or toks.dtype not in (torch.long, torch.int32) or toks.ndim != 2:
-            raise ValueError(f"{what} tokens must be an integer tensor of shape [batch, pos] (from "
-                             f"model.to_tokens or mechlab.core.tokens.clean_corrupted_tokens); got "
-                             f"{type(toks).__name__} {getattr(toks, 'dtype', '')} {tuple(getattr(toks, 'shape', ()))}.")
+    clean, corrupted = check_tokens(model, clean, "clean"), check_tokens(model, corrupted, "corrupted")
     check_same_shape(clean, corrupted)
     if freeze_final_scale and FINAL_NORM_SCALE not in model.hook_dict:
         raise ValueError(f"freeze_final_scale=True needs the hook {FINAL_NORM_SCALE!r}, which this model lacks.")
     layers = layer_list(model, layers)
-    device = next(model.parameters()).device
-    clean, corrupted = clean.to(device), corrupted.to(device)
     baseline, target = (clean, corrupted) if direction == "noising" else (corrupted, clean)
     return baseline, target, layers
 
 
 def _metric_values(metric: Metric, logits: Tensor, batch: int) -> Float[Tensor, " n"]:
     """Apply ``metric`` to each copy of the batch (the methods expand the batch), checked, as one flat vector."""
-    return metric_per_copy(metric, logits, batch).flatten()
+    values = metric_per_copy(metric, logits, batch).flatten()
+    if logits.requires_grad and not values.requires_grad:
+        raise ValueError("the metric returned values without a gradient (it uses argmax, comparisons, .item(), "
+                         ".detach() or torch.no_grad()), but attribution differentiates the metric with respect to "
+                         "the activations. Pass a differentiable metric of the logits, e.g. "
+                         "mechlab.core.runs.logit_diff_metric(correct, incorrect); use exact activation patching "
+                         "(mechlab.methods.patching) for a metric that is not differentiable.")
+    return values
 
 
 def _scale_hook(frozen: Tensor | None):

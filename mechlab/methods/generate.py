@@ -83,6 +83,10 @@ def _accepts(model, argument: str) -> bool:
 def _check_args(model, prompts, max_new_tokens: int, stop, batch_size: int) -> tuple[list[str], list[str]]:
     if isinstance(prompts, str):
         prompts = [prompts]
+    if not isinstance(prompts, Sequence) or isinstance(prompts, bytes):
+        raise ValueError(f"prompts must be a string or a non-empty list of strings; got {type(prompts).__name__} "
+                         f"{prompts!r:.60}. Pass e.g. 'The cat sat' or ['The cat sat', 'Once upon a time'] (to "
+                         "continue token ids, decode them first with model.tokenizer.decode).")
     prompts = list(prompts)
     if not prompts or not all(isinstance(p, str) for p in prompts):
         raise ValueError(f"prompts must be a non-empty list of strings; got {type(prompts).__name__} of "
@@ -133,13 +137,17 @@ def _generate_chunk(model, ids: list[list[int]], *, max_new_tokens: int, stop: l
         for j, (row, tok, lp) in enumerate(zip(active, chosen.tolist(), chosen_logprob.tolist(), strict=True)):
             new_ids[row].append(tok)
             new_logprobs[row].append(lp)
+            if eos_id is not None and tok == eos_id:
+                # the end-of-text token ends the row but is not part of its text (its id stays in the tokens);
+                # the text before it held no stop string, or the row would have stopped a step earlier
+                text = _decode_continuation(model.tokenizer, ids[row][-1], new_ids[row][:-1])
+                results[row] = (new_ids[row], new_logprobs[row], text, "eos", None)
+                continue
             text = _decode_continuation(model.tokenizer, ids[row][-1], new_ids[row])
             hit = _find_stop(text, stop)
             if hit is not None:
                 cut = hit[0] + (len(hit[1]) if include_stop else 0)
                 results[row] = (new_ids[row], new_logprobs[row], text[:cut], "stop", hit[1])
-            elif eos_id is not None and tok == eos_id:
-                results[row] = (new_ids[row], new_logprobs[row], text, "eos", None)
             elif step == max_new_tokens - 1:
                 results[row] = (new_ids[row], new_logprobs[row], text, "length", None)
             else:
@@ -175,7 +183,8 @@ def generate(
 
     ``stop``: strings that end a row as soon as its decoded continuation contains one (a stop string may span
     several tokens); the text is cut right after it (``include_stop=True``, as the seed's
-    ``generate_until_stop``) or right before it. ``stop_at_eos``: the end-of-text token also ends a row.
+    ``generate_until_stop``) or right before it. ``stop_at_eos``: the end-of-text token also ends a row (finish
+``"eos"``); its id is the last of the row's ``tokens`` but it is not decoded into the row's text.
     Prompts are sorted by length and run ``batch_size`` at a time (a progress bar shows when there are several
     chunks, or with ``progress=True``). ``prepend_bos``: None uses the model's default.
 

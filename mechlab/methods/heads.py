@@ -32,6 +32,7 @@ from torch import Tensor
 
 from mechlab.core.activations import head_labels, hook_name, names_filter
 from mechlab.core.results import Labelled
+from mechlab.core.runs import check_tokens
 from mechlab.models.organism import HEADS_FILE
 
 HEAD_TYPES = ("previous_token", "duplicate_token", "induction")
@@ -51,9 +52,7 @@ ORGANISM_HEADS_FILE = HEADS_FILE
 
 def attention_patterns(model, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch layer head query_pos key_pos"]:
     """Every layer's attention pattern on ``tokens``, from one forward pass that caches only the patterns."""
-    if tokens.ndim != 2:
-        raise ValueError(f"tokens have shape {tuple(tokens.shape)}; expected [batch, pos] token ids "
-                         "(use model.to_tokens(text) or repeated_random_tokens(model, ...)).")
+    tokens = check_tokens(model, tokens, "head-scoring")  # integer ids [batch, pos] in the vocabulary
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens, names_filter=names_filter(model, ["pattern"]))
     return torch.stack([cache[hook_name("pattern", layer)] for layer in range(model.cfg.n_layers)], dim=1)
@@ -239,7 +238,8 @@ def head_scores(
     """
     if tokens is None:
         tokens = repeated_random_tokens(model, seq_len, batch, seed=seed)
-    return scores_from_patterns(attention_patterns(model, tokens), tokens.to(model.cfg.device))
+    tokens = check_tokens(model, tokens, "head-scoring")
+    return scores_from_patterns(attention_patterns(model, tokens), tokens)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -260,6 +260,15 @@ def known_heads(model_name: str) -> dict[str, list[str]] | None:
 
 def compare_heads(detected: dict[str, list[str]], known: dict[str, list[str]]) -> dict[str, dict[str, list[str]]]:
     """Per head type: ``found`` (in both), ``missed`` (known, not detected), ``new`` (detected, not known)."""
+    if known is None:
+        raise ValueError("compare_heads got known=None: no heads are known for this model (known_heads returns None "
+                         "for every model but 'gpt2' and 'organism'). Skip the comparison, or pass your own dict such "
+                         "as {'induction': ['L1H2']}.")
+    for what, value, source in (("detected", detected, "HeadScores.detected(threshold)"),
+                                ("known", known, "known_heads(model_name)")):
+        if not isinstance(value, dict) or not all(isinstance(v, (list, tuple, set)) for v in value.values()):
+            raise ValueError(f"compare_heads: {what} must map head types {HEAD_TYPES} to lists of labels such as "
+                             f"['L1H2'] (from {source}); got {type(value).__name__} {value!r:.80}.")
     out = {}
     for kind in HEAD_TYPES:
         got, ref = set(detected.get(kind, [])), set(known.get(kind, []))

@@ -371,18 +371,24 @@ def fit_slope(
 ) -> tuple[float, float, int]:
     """Least-squares line ``y = slope * x (+ intercept)`` on the points :func:`select_points` keeps.
 
-    Returns ``(slope, intercept, n_points)``; the intercept is 0.0 when ``intercept=False`` (through the origin).
-    Raises ``ValueError`` when too few points are left to fit.
+    Points where x or y is NaN or infinite are left out before filtering (``top_percent`` counts the finite
+    points). Returns ``(slope, intercept, n_points)``; the intercept is 0.0 when ``intercept=False`` (through the
+    origin). Raises ``ValueError`` when too few points are left to fit, saying how many were not finite.
     """
     x, y = torch.as_tensor(x).flatten().double().cpu(), torch.as_tensor(y).flatten().double().cpu()
     if x.shape != y.shape:
         raise ValueError(f"x has {x.numel()} points but y has {y.numel()}; pass one y per x.")
-    keep = select_points(x, threshold=threshold, top_percent=top_percent)
+    finite = torch.isfinite(x) & torch.isfinite(y)
+    n_bad = int((~finite).sum())
+    x, y = x[finite], y[finite]
+    keep = select_points(x, threshold=threshold, top_percent=top_percent) if x.numel() else finite[:0]
     x, y = x[keep], y[keep]
     need = 2 if intercept else 1
     if x.numel() < need or (intercept and float(x.max() - x.min()) == 0.0):
+        dropped = f" ({n_bad} of {finite.numel()} points were NaN or infinite and left out)" if n_bad else ""
         raise ValueError(f"only {x.numel()} distinct point(s) pass the filters (threshold={threshold}, "
-                         f"top_percent={top_percent}); a line needs {need}. Loosen the filters.")
+                         f"top_percent={top_percent}){dropped}; a line needs {need}. Loosen the filters"
+                         + (", or find where the non-finite values come from." if n_bad else "."))
     design = torch.stack([x, torch.ones_like(x)], 1) if intercept else x[:, None]
     coef = torch.linalg.lstsq(design, y[:, None], driver="gelsd").solution[:, 0]
     return float(coef[0]), float(coef[1]) if intercept else 0.0, int(x.numel())
@@ -399,24 +405,29 @@ def backup_slopes(
     """One backup slope per ablated group: compensation (``which``, see :meth:`SelfRepair.compensation`) against
     the group's clean direct effect over all (batch, pos). Negative: later heads got *worse* when it was ablated.
 
-    A group with too few points after filtering gets NaN (its count, 0 or 1, is in ``meta["n_points"]``).
+    NaN or infinite points are left out of a group's fit. A group with too few points left gets NaN: its count
+    (0 or 1) is in ``meta["n_points"]`` and the reason in ``meta["reasons"]`` (None for a fitted group).
     """
     x_all = result.clean_direct_effect().values
     y_all = result.compensation(which).values
-    slopes, intercepts, counts = [], [], []
+    slopes, intercepts, counts, reasons = [], [], [], []
     for x, y in zip(x_all, y_all, strict=True):
         try:
             s, c, n = fit_slope(x, y, intercept=intercept, threshold=threshold, top_percent=top_percent)
-        except ValueError:  # too few points for this head: no slope, and the count says why
-            s, c, n = float("nan"), float("nan"), int(select_points(x, threshold=threshold,
-                                                                    top_percent=top_percent).sum())
+            reason = None
+        except ValueError as err:  # too few points for this head: no slope, and the count and reason say why
+            finite = torch.isfinite(x.flatten()) & torch.isfinite(y.flatten())
+            kept = x.flatten()[finite]
+            s, c, reason = float("nan"), float("nan"), str(err)
+            n = int(select_points(kept, threshold=threshold, top_percent=top_percent).sum()) if kept.numel() else 0
         slopes.append(s)
         intercepts.append(c)
         counts.append(n)
+        reasons.append(reason)
     return Labelled(torch.tensor(slopes), result.labels, unit="compensation per unit of clean direct effect",
                     axes=("ablated",), meta={"which": which, "intercept": intercept, "threshold": threshold,
                                              "top_percent": top_percent, "intercepts": intercepts,
-                                             "n_points": counts})
+                                             "n_points": counts, "reasons": reasons})
 
 
 def slopes_grid(model, slopes: Labelled) -> Float[Tensor, "layer head"]:
