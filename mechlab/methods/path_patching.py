@@ -67,6 +67,13 @@ _SCALE_WARNING = ".*edited hook_scale.*"
 
 Head = tuple[int, int]
 
+# GPT-2 small's IOI head classes as published (Wang et al. 2022, "Interpretability in the Wild"), L{layer}H{head}
+GPT2_IOI_CLASSES = {"L9H6": "name mover", "L9H9": "name mover", "L10H0": "name mover",
+                    "L10H7": "negative name mover", "L11H10": "negative name mover",
+                    "L7H3": "S-inhibition", "L7H9": "S-inhibition", "L8H6": "S-inhibition", "L8H10": "S-inhibition",
+                    "L5H5": "induction", "L6H9": "induction", "L0H1": "duplicate-token", "L3H0": "duplicate-token",
+                    "L4H11": "previous-token"}
+
 
 def _is_head(item) -> bool:
     return isinstance(item, str) or (isinstance(item, tuple) and len(item) == 2
@@ -292,4 +299,4 @@ def path_patching(
     return Labelled(per_prompt.mean(1).cpu(), [_label(g) for g in groups], unit=unit, axes=("component",), meta=meta)
 
 
-__all__ = ["LOGITS", "RECEIVER_INPUTS", "path_patching"]
+__all__ = ["GPT2_IOI_CLASSES", "LOGITS", "RECEIVER_INPUTS", "path_patching"]
