@@ -1,0 +1,158 @@
+"""Unit 05b's checkers: the reference passes, and each usual mistake fails with a message that names it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mechlab.checks import unit05b
+from mechlab.checks.core import CheckFailed
+
+# ---------------------------------------------------------------------------------------------------------
+# logit_diff_at
+
+
+def _ld(logits, correct, incorrect, end):
+    rows = torch.arange(logits.shape[0])
+    return logits[rows, end, correct] - logits[rows, end, incorrect]
+
+
+def test_logit_diff_at_reference_passes():
+    unit05b.check_logit_diff_at(unit05b.reference_logit_diff_at)
+    unit05b.check_logit_diff_at(_ld)
+
+
+@pytest.mark.parametrize("wrong, named", [
+    (lambda lg, c, i, e: -_ld(lg, c, i, e), "sign is flipped"),
+    (lambda lg, c, i, e: _ld(lg, c, i, e * 0), "first position was read"),
+    (lambda lg, c, i, e: _ld(lg, c, i, e - 1), "off by one position"),
+    (lambda lg, c, i, e: _ld(lg, c, i, e * 0 + lg.shape[1] - 1), "right-padded"),
+])
+def test_logit_diff_at_names_the_mistake(wrong, named):
+    with pytest.raises(CheckFailed, match=named):
+        unit05b.check_logit_diff_at(wrong)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# freeze_hook
+
+
+def _good_hook(clean_z, corrupted_z, heads):
+    def hook(act, hook):
+        out = clean_z.clone()
+        out[:, :, heads] = corrupted_z[:, :, heads]
+        return out
+    return hook
+
+
+def _no_return(clean_z, corrupted_z, heads):
+    def hook(act, hook):
+        act[:] = clean_z
+        act[:, :, heads] = corrupted_z[:, :, heads]
+    return hook
+
+
+def _in_place(clean_z, corrupted_z, heads):
+    def hook(act, hook):
+        clean_z[:, :, heads] = corrupted_z[:, :, heads]
+        return clean_z
+    return hook
+
+
+def _swapped_hook(clean_z, corrupted_z, heads):
+    return _good_hook(corrupted_z, clean_z, heads)
+
+
+def test_freeze_hook_reference_passes():
+    unit05b.check_freeze_hook(unit05b.reference_freeze_hook)
+    unit05b.check_freeze_hook(_good_hook)
+
+
+@pytest.mark.parametrize("wrong, named", [
+    (_no_return, "returns nothing"),
+    (_in_place, "edited in place"),
+    (_swapped_hook, "noising and denoising are swapped"),
+])
+def test_freeze_hook_names_the_mistake(wrong, named):
+    with pytest.raises(CheckFailed, match=named):
+        unit05b.check_freeze_hook(wrong)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# path patching by hand: one hand-written version, with switches for the usual mistakes
+
+
+def _caches(model, tokens):
+    with torch.no_grad():
+        return model.run_with_cache(tokens)
+
+
+def _by_hand(model, clean, corrupted, metric, sender, receivers=None, *, sign=1, swap=False, no_return=False,
+             mlps=True, freeze=True, all_heads=False):
+    if swap:
+        clean, corrupted = corrupted, clean
+    clean_logits, cc = _caches(model, clean)
+    _, xc = _caches(model, corrupted)
+    base = metric(clean_logits)  # the run the patches go into (the corrupted one when swapped)
+    sl, sh = sender
+    hooks = []
+    for layer in range(model.cfg.n_layers):
+        name = f"blocks.{layer}.attn.hook_z"
+
+        def z_hook(act, hook, name=name, layer=layer):
+            new = cc[name].clone() if freeze else act.clone()
+            if layer == sl:
+                new[:, :, sh] = xc[name][:, :, sh]
+            if no_return:  # the classic slip: rebinding the name changes nothing TL sees
+                act = new  # noqa: F841
+                return None
+            return new
+        hooks.append((name, z_hook))
+        if mlps and freeze:
+            hooks.append((f"blocks.{layer}.hook_mlp_out", lambda act, hook, layer=layer:
+                          cc[f"blocks.{layer}.hook_mlp_out"].clone()))
+    with torch.no_grad():
+        if receivers is None:
+            return sign * (metric(model.run_with_hooks(clean, fwd_hooks=hooks)) - base)
+        layer = receivers[0][0]
+        heads = list(range(model.cfg.n_heads)) if all_heads else [h for _, h in receivers]
+        seen = {}
+        name = f"blocks.{layer}.attn.hook_q"
+        model.run_with_hooks(clean, fwd_hooks=hooks + [(name, lambda act, hook: seen.__setitem__("q", act.clone()))])
+
+        def write(act, hook):
+            act = act.clone()
+            act[:, :, heads] = seen["q"][:, :, heads]
+            return act
+        return sign * (metric(model.run_with_hooks(clean, fwd_hooks=[(name, write)])) - base)
+
+
+def test_path_patch_to_logits_reference_passes():
+    unit05b.check_path_patch_to_logits(_by_hand)
+
+
+@pytest.mark.parametrize("mistake, named", [
+    ({"sign": -1}, "sign is flipped"),
+    ({"swap": True}, "noising and denoising are swapped"),
+    ({"no_return": True}, "returns nothing"),
+    ({"mlps": False}, "MLPs were recomputed"),
+    ({"freeze": False}, "nothing was frozen"),
+])
+def test_path_patch_to_logits_names_the_mistake(mistake, named):
+    with pytest.raises(CheckFailed, match=named):
+        unit05b.check_path_patch_to_logits(lambda *a: _by_hand(*a, **mistake))
+
+
+def test_path_patch_to_queries_reference_passes():
+    unit05b.check_path_patch_to_queries(_by_hand)
+
+
+@pytest.mark.parametrize("mistake, named", [
+    ({"sign": -1}, "sign is flipped"),
+    ({"swap": True}, "noising and denoising are swapped"),
+    ({"mlps": False}, "MLPs were recomputed"),
+    ({"all_heads": True}, "every head in the receivers' layer"),
+])
+def test_path_patch_to_queries_names_the_mistake(mistake, named):
+    with pytest.raises(CheckFailed, match=named):
+        unit05b.check_path_patch_to_queries(lambda *a: _by_hand(*a, **mistake))
