@@ -350,6 +350,14 @@ def _offset_grid(pattern: Tensor, seq_len: int, offset: int, first_query: int) -
     return pattern[..., q, q - offset].mean(dim=(0, -1)).cpu()
 
 
+def _repeat_cases(sizes: tuple[tuple[int, int, int], ...]):
+    """(model, seq_len, repeated tokens, case name) for each tiny model and each (seq_len, batch, seed)."""
+    for model in _tiny_models():
+        for seq_len, batch, seed in sizes:
+            yield (model, seq_len, heads.repeated_random_tokens(model, seq_len, batch, seed=seed),
+                   f"{_family(model)}, seq_len {seq_len}, batch {batch}")
+
+
 def _count_pass(passes: list[int], act, hook) -> None:
     passes.append(1)
 
@@ -360,40 +368,37 @@ def check_induction_one_pass(fn: Callable) -> None:
     queries) from **one** forward pass with a hook on every layer's ``hook_pattern``."""
     name = "check_induction_one_pass"
     n = 0
-    for model in _tiny_models():
-        for seq_len, batch, seed in ((4, 2, 0), (7, 3, 1)):
-            n += 1
-            where = f"{_family(model)}, seq_len {seq_len}, batch {batch}"
-            toks = heads.repeated_random_tokens(model, seq_len, batch, seed=seed)
-            want = reference_induction_grid(model, toks, seq_len)
-            passes: list[int] = []
-            with model.hooks(fwd_hooks=[("hook_embed", functools.partial(_count_pass, passes))]):
-                got = _call(fn, name, where, model, toks.clone(), seq_len)
-            leak = _leak_message(model)
-            if leak:
-                raise CheckFailed(f"{name}: case {where!r}: {leak}.")
-            if len(passes) != 1:
-                raise CheckFailed(f"{name}: case {where!r}: your function ran {len(passes)} forward passes; one is "
-                                  "enough: hook every layer's hook_pattern at once (a list of (name, hook) pairs, or a "
-                                  "filter function `lambda name: name.endswith('hook_pattern')` as the name).")
-            if isinstance(got, Tensor) and _same(got, want):
-                continue
-            if isinstance(got, Tensor) and got.shape == want.shape[1:]:
-                raise CheckFailed(f"{name}: case {where!r}: returned shape {tuple(got.shape)}, one layer's heads; "
-                                  f"expected every layer, {tuple(want.shape)} (did each hook overwrite one variable?).")
-            pattern = heads.attention_patterns(model, toks)
-            wrong = {
-                "off by one: q - seq_len is the duplicate-token key (the earlier copy itself); the induction key is "
-                "the token after it, q - seq_len + 1": _offset_grid(pattern, seq_len, seq_len, seq_len + 1),
-                "off by one: q - seq_len + 2 is one past the induction key q - seq_len + 1":
-                    _offset_grid(pattern, seq_len, seq_len - 2, seq_len + 1),
-                "it averaged over first-half queries too, where no earlier copy exists; use queries seq_len + 1 .. "
-                "2 * seq_len": _offset_grid(pattern, seq_len, seq_len - 1, seq_len - 1),
-                "the first second-half query (q = seq_len + 1) is missing: off by one in the query range":
-                    _offset_grid(pattern, seq_len, seq_len - 1, seq_len + 2),
-                "a sign flip": -want,
-            }
-            raise _diagnose(name, where, got, want, wrong, "the scores")
+    for model, seq_len, toks, where in _repeat_cases(((4, 2, 0), (7, 3, 1))):
+        n += 1
+        want = reference_induction_grid(model, toks, seq_len)
+        passes: list[int] = []
+        with model.hooks(fwd_hooks=[("hook_embed", functools.partial(_count_pass, passes))]):
+            got = _call(fn, name, where, model, toks.clone(), seq_len)
+        leak = _leak_message(model)
+        if leak:
+            raise CheckFailed(f"{name}: case {where!r}: {leak}.")
+        if len(passes) != 1:
+            raise CheckFailed(f"{name}: case {where!r}: your function ran {len(passes)} forward passes; one is "
+                              "enough: hook every layer's hook_pattern at once (a list of (name, hook) pairs, or a "
+                              "filter function `lambda name: name.endswith('hook_pattern')` as the name).")
+        if isinstance(got, Tensor) and _same(got, want):
+            continue
+        if isinstance(got, Tensor) and got.shape == want.shape[1:]:
+            raise CheckFailed(f"{name}: case {where!r}: returned shape {tuple(got.shape)}, one layer's heads; "
+                              f"expected every layer, {tuple(want.shape)} (did each hook overwrite one variable?).")
+        pattern = heads.attention_patterns(model, toks)
+        wrong = {
+            "off by one: q - seq_len is the duplicate-token key (the earlier copy itself); the induction key is "
+            "the token after it, q - seq_len + 1": _offset_grid(pattern, seq_len, seq_len, seq_len + 1),
+            "off by one: q - seq_len + 2 is one past the induction key q - seq_len + 1":
+                _offset_grid(pattern, seq_len, seq_len - 2, seq_len + 1),
+            "it averaged over first-half queries too, where no earlier copy exists; use queries seq_len + 1 .. "
+            "2 * seq_len": _offset_grid(pattern, seq_len, seq_len - 1, seq_len - 1),
+            "the first second-half query (q = seq_len + 1) is missing: off by one in the query range":
+                _offset_grid(pattern, seq_len, seq_len - 1, seq_len + 2),
+            "a sign flip": -want,
+        }
+        raise _diagnose(name, where, got, want, wrong, "the scores")
     print(f"{name}: passed {n} cases.")
 
 
@@ -482,28 +487,25 @@ def check_copying_dla(fn: Callable) -> None:
     averaged over prompts and logit positions ``seq_len + 1 .. 2 * seq_len - 1`` of ``[BOS, r_1..r_n, r_1..r_n]``."""
     name = "check_copying_dla"
     n = 0
-    for model in _tiny_models():
-        for seq_len, batch, seed in ((4, 2, 0), (6, 3, 1)):
-            n += 1
-            where = f"{_family(model)}, seq_len {seq_len}, batch {batch}"
-            toks = heads.repeated_random_tokens(model, seq_len, batch, seed=seed)
-            want = reference_copying_dla(model, toks, seq_len)
-            got = _call(fn, name, where, model, toks.clone(), seq_len)
-            leak = _leak_message(model)
-            if leak:
-                raise CheckFailed(f"{name}: case {where!r}: {leak}.")
-            if isinstance(got, Tensor) and _same(got, want):
-                continue
-            wrong = {
-                "a sign flip": -want,
-                "off by one: that reads the unembedding of the current token; the token to copy is the next one, "
-                "tokens[:, p + 1]": _copying_dla(model, toks, seq_len, 0, seq_len + 1),
-                "off by one: logit position seq_len (predicting r_1, which nothing can copy) is included":
-                    _copying_dla(model, toks, seq_len, 1, seq_len),
-                "it averaged over first-half positions too, where there is nothing to copy yet":
-                    _copying_dla(model, toks, seq_len, 1, 1),
-            }
-            raise _diagnose(name, where, got, want, wrong, "the DLA grid")
+    for model, seq_len, toks, where in _repeat_cases(((4, 2, 0), (6, 3, 1))):
+        n += 1
+        want = reference_copying_dla(model, toks, seq_len)
+        got = _call(fn, name, where, model, toks.clone(), seq_len)
+        leak = _leak_message(model)
+        if leak:
+            raise CheckFailed(f"{name}: case {where!r}: {leak}.")
+        if isinstance(got, Tensor) and _same(got, want):
+            continue
+        wrong = {
+            "a sign flip": -want,
+            "off by one: that reads the unembedding of the current token; the token to copy is the next one, "
+            "tokens[:, p + 1]": _copying_dla(model, toks, seq_len, 0, seq_len + 1),
+            "off by one: logit position seq_len (predicting r_1, which nothing can copy) is included":
+                _copying_dla(model, toks, seq_len, 1, seq_len),
+            "it averaged over first-half positions too, where there is nothing to copy yet":
+                _copying_dla(model, toks, seq_len, 1, 1),
+        }
+        raise _diagnose(name, where, got, want, wrong, "the DLA grid")
     print(f"{name}: passed {n} cases.")
 
 
