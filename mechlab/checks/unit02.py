@@ -13,14 +13,19 @@ references are ``mechlab.methods.heads``' token-defined scores, which agree on s
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from mechlab.checks.core import Case, run_cases
-from mechlab.methods import heads
+from mechlab.checks.core import Case, CheckFailed, compare_tensors, run_cases
+from mechlab.core.activations import head_labels, hook_name
+from mechlab.core.loading import load_model
+from mechlab.core.tokens import token_log_probs
+from mechlab.methods import dla, heads
+from mechlab.methods.ablation import ablation_hooks
 
 
 def _repeated(batch: int, seq_len: int, seed: int) -> Int[Tensor, "batch pos"]:
@@ -145,3 +150,392 @@ def check_repeated_tokens(fn: Callable, model) -> None:
 
 __all__ = ["check_duplicate_token_scores", "check_induction_scores", "check_previous_token_scores",
            "check_repeated_tokens"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# hooks: record, ablate, score in one pass, test causally, attribute (the hooks section of unit 02)
+#
+# These checkers run the learner's function on tiny random-init models of both families (GPT-2-like:
+# LayerNorm, learned positions; Gemma-like: RMSNorm, rotary, multi-query), built once, and compare it with a
+# reference computed by mechlab's library. When the answer is wrong they try the mistakes learners really make
+# (a hook that returns nothing, an in-place edit, an off-by-one position, a sign flip, a hook left attached)
+# and name the one that reproduces the learner's numbers.
+
+
+@functools.cache
+def _tiny(family: str):
+    return load_model("tiny-gpt2" if family == "gpt2" else "tiny-gemma", seed=1 if family == "gpt2" else 2,
+                      verbose=False)
+
+
+def _tiny_models() -> list:
+    return [_tiny("gpt2"), _tiny("gemma")]
+
+
+def _family(model) -> str:
+    return "GPT-2-like" if model.cfg.normalization_type == "LN" else "Gemma-like"
+
+
+def _attached_hooks(model) -> list[str]:
+    return sorted({hp.name or n for n, hp in model.hook_dict.items() if hp._forward_hooks or hp._backward_hooks})
+
+
+def _leak_message(model) -> str:
+    leaked = _attached_hooks(model)
+    if not leaked:
+        return ""
+    model.reset_hooks(including_permanent=True)
+    return (f"a hook is still attached to {leaked[:3]} after your function returned (model.add_hook without "
+            "removing it), so it would fire in every later run; add hooks only inside "
+            "`with model.hooks(fwd_hooks=...)` or `model.run_with_hooks(...)`, which remove them on exit")
+
+
+def _call(fn: Callable, name: str, where: str, *args):
+    try:
+        return fn(*args)
+    except NotImplementedError:
+        raise CheckFailed(f"{name}: not implemented yet (the function still raises NotImplementedError).") from None
+    except CheckFailed:
+        raise
+    except Exception as err:  # the learner's bug: report it with the case that triggered it
+        raise CheckFailed(f"{name}: case {where!r} raised {type(err).__name__}: {err}") from err
+
+
+def _same(got, want, atol: float = 1e-4) -> bool:
+    return (isinstance(got, Tensor) and isinstance(want, Tensor) and got.shape == want.shape
+            and bool(torch.allclose(got.detach().float().cpu(), want.detach().float().cpu(), atol=atol, rtol=1e-4)))
+
+
+def _as_scalar(value) -> Tensor | None:
+    if isinstance(value, (int, float)):
+        return torch.tensor(float(value))
+    if isinstance(value, Tensor) and value.numel() == 1:
+        return value.detach().float().cpu().reshape(())
+    return None
+
+
+def _diagnose(name: str, where: str, got, want: Tensor, wrong: dict[str, Tensor], what: str) -> CheckFailed:
+    """The failure for a wrong answer: the named mistake whose result it reproduces, else the first gap."""
+    why = next((why for why, value in wrong.items() if _same(got, value)), "")
+    return CheckFailed(f"{name}: case {where!r}: {why or compare_tensors(got, want, what=what)}.")
+
+
+# ---- 1. recording ------------------------------------------------------------------------------------------
+
+
+def _record_cases() -> list[tuple]:
+    out = []
+    for model in _tiny_models():
+        toks = heads.repeated_random_tokens(model, 5, batch=3, seed=0)
+        for kind, layer in (("resid_pre", 1), ("z", 0), ("pattern", 1)):
+            out.append((model, toks, kind, layer))
+    return out
+
+
+def check_record_activation(fn: Callable) -> None:
+    """``fn(model, tokens, name)`` must return ``(logits, activation)``: the logits of one run on ``tokens`` and
+    the activation at hook ``name`` in that run, recorded by a forward hook that leaves the run unchanged."""
+    name = "check_record_activation"
+    cases = _record_cases()
+    for model, toks, kind, layer in cases:
+        hook = hook_name(kind, layer)
+        where = f"{_family(model)}, {hook}"
+        with torch.no_grad():
+            want_logits, cache = model.run_with_cache(toks, names_filter=[hook])
+        want = cache[hook]
+        out = _call(fn, name, where, model, toks.clone(), hook)
+        leak = _leak_message(model)
+        if leak:
+            raise CheckFailed(f"{name}: case {where!r}: {leak}.")
+        if not isinstance(out, tuple) or len(out) != 2:
+            raise CheckFailed(f"{name}: case {where!r}: returned {type(out).__name__}; expected a pair "
+                              "(logits, activation).")
+        logits, act = out
+        if not _same(logits, want_logits):
+            raise CheckFailed(f"{name}: case {where!r}: the logits differ from a run without hooks, so your recording "
+                              "hook changed the activation: an in-place edit of the tensor the model is using "
+                              "(`act[...] = ...`, `act -= ...`, `act.mul_(...)`) or a returned tensor that is not "
+                              "`act` itself. A recording hook stores the value (a `.clone()` if you will edit the "
+                              "copy) and returns nothing.")
+        if act is None or (isinstance(act, (list, dict)) and not act):
+            raise CheckFailed(f"{name}: case {where!r}: no activation came back. Did the hook only rebind a local "
+                              "name (`stored = act` inside the hook is lost when it returns)? Put it into a dict or "
+                              "list created outside the hook.")
+        if isinstance(act, Tensor) and act.shape == want.shape[1:] and _same(act, want[0]):
+            raise CheckFailed(f"{name}: case {where!r}: that is the first prompt's activation only; keep the batch "
+                              f"axis (expected shape {tuple(want.shape)}).")
+        if not _same(act, want):
+            near = [other for other in (layer - 1, layer + 1) if 0 <= other < model.cfg.n_layers]
+            with torch.no_grad():
+                _, cache = model.run_with_cache(toks, names_filter=[hook_name(kind, other) for other in near])
+            wrong = {f"that is layer {other}'s {kind}: off by one layer": cache[hook_name(kind, other)]
+                     for other in near}
+            if not any(_same(act, value) for value in wrong.values()) and isinstance(act, Tensor) \
+                    and act.shape == want.shape:
+                raise CheckFailed(f"{name}: case {where!r}: {compare_tensors(act, want, what='the activation')}; "
+                                  "the shape is right, so was the stored tensor changed after the model produced "
+                                  "it? An in-place edit (`act -= ...`, `act[...] = ...`) inside or after the hook "
+                                  "changes what you recorded: record `act.clone()` and edit the copy.")
+            raise _diagnose(name, where, act, want, wrong, "the activation")
+    print(f"{name}: passed {len(cases)} cases.")
+
+
+# ---- 2. ablating one head's z --------------------------------------------------------------------------------
+
+
+def reference_head_ablation_hook(head: int, mean: Tensor | None = None) -> Callable:
+    """Reference: a hook on ``hook_z`` that sets head ``head``'s z to 0, or to ``mean[:, head]`` (``mean`` is
+    ``[pos, head, d_head]``, the z of a reference batch averaged over prompts), in every prompt."""
+    def hook(z, hook):
+        z = z.clone()
+        z[:, :, head] = 0 if mean is None else mean[:, head].to(z.dtype)
+        return z
+    return hook
+
+
+def _wrong_ablations(head: int, mean: Tensor | None) -> dict[str, Callable]:
+    def set_to(select, value_fn):
+        def hook(z, hook):
+            z = z.clone()
+            z[select(z)] = value_fn(z)
+            return z
+        return hook
+
+    out = {f"it ablated position {head} (z[:, {head}]), not head {head}: z is [batch, pos, head, d_head], so a head is "
+           "z[:, :, head]": set_to(lambda z: (slice(None), head), lambda z: 0.0 if mean is None else mean[head]),
+           "it ablated every head of the layer, not one": set_to(lambda z: (slice(None),), lambda z: (
+               0.0 if mean is None else mean.to(z.dtype)))}
+    if mean is not None:
+        out["it zero-ablated although a mean was given; write mean[:, head] into the head"] = \
+            reference_head_ablation_hook(head, None)
+        out["it averaged the mean over positions too; mean-ablation keeps one mean per position"] = set_to(
+            lambda z: (slice(None), slice(None), head), lambda z: mean[:, head].mean(0).to(z.dtype))
+    return out
+
+
+def check_head_ablation_hook(fn: Callable) -> None:
+    """``fn(head, mean=None)`` must return a forward hook for ``hook_z`` that ablates head ``head`` in every
+    prompt and position: to 0, or to ``mean[:, head]`` when ``mean`` (``[pos, head, d_head]``) is given, leaving
+    the other heads and ``mean`` itself unchanged."""
+    name = "check_head_ablation_hook"
+    n = 0
+    for model in _tiny_models():
+        toks = heads.repeated_random_tokens(model, 5, batch=3, seed=0)
+        ref_toks = heads.repeated_random_tokens(model, 5, batch=4, seed=1)
+        for layer, head, method in ((0, 1, "zero"), (1, 2, "mean"), (1, 0, "zero")):
+            n += 1
+            hook = hook_name("z", layer)
+            where = f"{_family(model)}, L{layer}H{head}, {method} ablation"
+            with torch.no_grad():
+                _, cache = model.run_with_cache(ref_toks, names_filter=[hook])
+                clean = model(toks)
+            mean = cache[hook].mean(0) if method == "mean" else None
+            kept = None if mean is None else mean.clone()
+            with torch.no_grad(), model.hooks(fwd_hooks=[(hook, reference_head_ablation_hook(head, kept))]):
+                want = model(toks)
+            learner_hook = _call(fn, name, where, head, mean)
+            if not callable(learner_hook):
+                raise CheckFailed(f"{name}: case {where!r}: returned {type(learner_hook).__name__}; expected a hook "
+                                  "function `hook(z, hook)` (define it inside your function and return it).")
+            with torch.no_grad(), model.hooks(fwd_hooks=[(hook, learner_hook)]):
+                got = _call(model, name, where, toks)
+            if mean is not None and not torch.equal(mean, kept):
+                raise CheckFailed(f"{name}: case {where!r}: the hook edited `mean` in place, the cached tensor it was "
+                                  "given, so every later run ablates with corrupted values; write into a clone of z "
+                                  "(`z = z.clone()`), never into a cached tensor.")
+            if _same(got, want):
+                continue
+            if _same(got, clean, atol=1e-6):
+                try:
+                    returned = learner_hook(torch.randn(cache[hook].shape), None)
+                except Exception:  # a hook that reads hook.name cannot be called bare; then only the run tells
+                    returned = "unknown"
+                why = ("the hook returns nothing and leaves its argument unchanged: `z = ...` inside a hook only "
+                       "rebinds a local name, so TransformerLens keeps the original activation (a silent no-op, "
+                       "the seed notebook's IG bug). Return the new tensor"
+                       if returned is None else "the run did not change at all: the hook returns z as it was")
+                raise CheckFailed(f"{name}: case {where!r}: {why}.")
+            wrong = {}
+            for why, bad in _wrong_ablations(head, mean).items():
+                with torch.no_grad(), model.hooks(fwd_hooks=[(hook, bad)]):
+                    wrong[why] = model(toks)
+            raise _diagnose(name, where, got, want, wrong, "the ablated logits")
+    print(f"{name}: passed {n} cases.")
+
+
+# ---- 3. every head's induction score in one forward pass ------------------------------------------------
+
+
+def reference_induction_grid(model, tokens: Int[Tensor, "batch pos"], seq_len: int) -> Float[Tensor, "layer head"]:
+    """Reference: ``mechlab.methods.heads.induction_score`` of every head, on repeated tokens, as ``[layer, head]``."""
+    return heads.induction_score(heads.attention_patterns(model, tokens), tokens).cpu()
+
+
+def _offset_grid(pattern: Tensor, seq_len: int, offset: int, first_query: int) -> Tensor:
+    n = pattern.shape[-1]
+    q = torch.arange(max(first_query, offset), n)
+    return pattern[..., q, q - offset].mean(dim=(0, -1)).cpu()
+
+
+def _repeat_cases(sizes: tuple[tuple[int, int, int], ...]):
+    """(model, seq_len, repeated tokens, case name) for each tiny model and each (seq_len, batch, seed)."""
+    for model in _tiny_models():
+        for seq_len, batch, seed in sizes:
+            yield (model, seq_len, heads.repeated_random_tokens(model, seq_len, batch, seed=seed),
+                   f"{_family(model)}, seq_len {seq_len}, batch {batch}")
+
+
+def _count_pass(passes: list[int], act, hook) -> None:
+    passes.append(1)
+
+
+def check_induction_one_pass(fn: Callable) -> None:
+    """``fn(model, tokens, seq_len)`` on ``[BOS, r_1..r_n, r_1..r_n]`` must return ``[layer, head]`` induction
+    scores (the attention from second-half query ``q`` to ``q - seq_len + 1``, averaged over prompts and those
+    queries) from **one** forward pass with a hook on every layer's ``hook_pattern``."""
+    name = "check_induction_one_pass"
+    n = 0
+    for model, seq_len, toks, where in _repeat_cases(((4, 2, 0), (7, 3, 1))):
+        n += 1
+        want = reference_induction_grid(model, toks, seq_len)
+        passes: list[int] = []
+        with model.hooks(fwd_hooks=[("hook_embed", functools.partial(_count_pass, passes))]):
+            got = _call(fn, name, where, model, toks.clone(), seq_len)
+        leak = _leak_message(model)
+        if leak:
+            raise CheckFailed(f"{name}: case {where!r}: {leak}.")
+        if len(passes) != 1:
+            raise CheckFailed(f"{name}: case {where!r}: your function ran {len(passes)} forward passes; one is "
+                              "enough: hook every layer's hook_pattern at once (a list of (name, hook) pairs, or a "
+                              "filter function `lambda name: name.endswith('hook_pattern')` as the name).")
+        if isinstance(got, Tensor) and _same(got, want):
+            continue
+        if isinstance(got, Tensor) and got.shape == want.shape[1:]:
+            raise CheckFailed(f"{name}: case {where!r}: returned shape {tuple(got.shape)}, one layer's heads; "
+                              f"expected every layer, {tuple(want.shape)} (did each hook overwrite one variable?).")
+        pattern = heads.attention_patterns(model, toks)
+        wrong = {
+            "off by one: q - seq_len is the duplicate-token key (the earlier copy itself); the induction key is "
+            "the token after it, q - seq_len + 1": _offset_grid(pattern, seq_len, seq_len, seq_len + 1),
+            "off by one: q - seq_len + 2 is one past the induction key q - seq_len + 1":
+                _offset_grid(pattern, seq_len, seq_len - 2, seq_len + 1),
+            "it averaged over first-half queries too, where no earlier copy exists; use queries seq_len + 1 .. "
+            "2 * seq_len": _offset_grid(pattern, seq_len, seq_len - 1, seq_len - 1),
+            "the first second-half query (q = seq_len + 1) is missing: off by one in the query range":
+                _offset_grid(pattern, seq_len, seq_len - 1, seq_len + 2),
+            "a sign flip": -want,
+        }
+        raise _diagnose(name, where, got, want, wrong, "the scores")
+    print(f"{name}: passed {n} cases.")
+
+
+# ---- 4. the causal test: second-half loss with heads ablated ----------------------------------------------
+
+
+def reference_second_half_loss(model, tokens: Int[Tensor, "batch pos"], seq_len: int,
+                               ablate: list[str]) -> Tensor:
+    """Reference: mean next-token loss (nats) on the tokens induction can predict, r_2..r_n of the second copy
+    (logit positions ``seq_len + 1 .. 2 * seq_len - 1``), with the heads ``ablate`` zero-ablated together."""
+    with torch.no_grad(), model.hooks(fwd_hooks=ablation_hooks(model, ablate, method="zero") if ablate else []):
+        log_probs = token_log_probs(model(tokens), tokens)
+    return -log_probs[:, seq_len + 1:].mean().cpu()
+
+
+def check_second_half_loss(fn: Callable) -> None:
+    """``fn(model, tokens, seq_len, ablate)`` must return the mean loss (nats, a positive number) on predicting
+    r_2..r_n of the second copy of ``[BOS, r_1..r_n, r_1..r_n]`` (logit positions ``seq_len + 1`` to
+    ``2 * seq_len - 1``), with every head in ``ablate`` (labels ``L{l}H{h}``) zero-ablated in the same run."""
+    name = "check_second_half_loss"
+    n = 0
+    for model in _tiny_models():
+        seq_len = 6
+        toks = heads.repeated_random_tokens(model, seq_len, batch=3, seed=0)
+        for ablate in ([], ["L1H2"], ["L0H0", "L1H3"]):
+            n += 1
+            where = f"{_family(model)}, seq_len {seq_len}, ablate {ablate}"
+            want = reference_second_half_loss(model, toks, seq_len, ablate)
+            got_raw = _call(fn, name, where, model, toks.clone(), seq_len, list(ablate))
+            leak = _leak_message(model)
+            if leak:
+                raise CheckFailed(f"{name}: case {where!r}: {leak}.")
+            got = _as_scalar(got_raw)
+            if got is None:
+                raise CheckFailed(f"{name}: case {where!r}: returned {type(got_raw).__name__} "
+                                  f"{tuple(getattr(got_raw, 'shape', ()))}; expected one number (a float or a 0-d "
+                                  "tensor), the mean over prompts and positions.")
+            if _same(got, want):
+                continue
+            with torch.no_grad(), model.hooks(fwd_hooks=ablation_hooks(model, ablate, method="zero") if ablate else []):
+                logits = model(toks)
+            lp = token_log_probs(logits, toks)
+            unshifted = logits.float().log_softmax(-1).gather(-1, toks[:, :, None])[..., 0]
+            wrong = {
+                "a sign flip: that is the mean log-probability; the loss is its negative": -want,
+                "off by one: logit position seq_len predicts r_1 of the second copy, which followed BOS, not r_n, and "
+                "no copying can predict it; start at seq_len + 1": -lp[:, seq_len:].mean().cpu(),
+                "off by one: the first predictable token (r_2, at logit position seq_len + 1) is missing":
+                    -lp[:, seq_len + 2:].mean().cpu(),
+                "the logits are not shifted: position p predicts token p + 1 (use token_log_probs or "
+                "logits[:, :-1] against tokens[:, 1:])": -unshifted[:, seq_len + 1:].mean().cpu(),
+                "it averaged over the whole sequence; only the second copy is predictable": -lp.mean().cpu(),
+            }
+            if ablate:
+                wrong["the heads were not ablated: the loss equals the unablated run's (a hook that returns nothing, "
+                      "or hooks added outside the run)"] = reference_second_half_loss(model, toks, seq_len, [])
+            raise _diagnose(name, where, got, want, wrong, "the loss")
+    print(f"{name}: passed {n} cases.")
+
+
+# ---- 5. which heads write the copied token: direct logit attribution ----------------------------------------
+
+
+def reference_copying_dla(model, tokens: Int[Tensor, "batch pos"], seq_len: int) -> Float[Tensor, "layer head"]:
+    """Reference: each head's direct effect on the logit of the next token (the one to copy), through the final
+    norm with this run's scale frozen, averaged over prompts and logit positions ``seq_len + 1 .. 2 * seq_len - 1``
+    (``mechlab.methods.dla.direct_effects``); ``[layer, head]``."""
+    return _copying_dla(model, tokens, seq_len, 1, seq_len + 1)
+
+
+def _copying_dla(model, tokens, seq_len: int, shift: int, first: int, sign: float = 1.0) -> Tensor:
+    names = dla.cache_names(model)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
+    positions = slice(first, 2 * seq_len)
+    targets = tokens[:, first + shift:2 * seq_len + shift]
+    effects = dla.direct_effects(model, cache, dla.unembed_directions(model, targets), positions=positions)
+    labels = head_labels(model.cfg.n_layers, model.cfg.n_heads)
+    per_head = torch.stack([effects[label] for label in labels])  # [head, batch, pos]
+    return sign * per_head.mean(dim=(1, 2)).reshape(model.cfg.n_layers, model.cfg.n_heads)
+
+
+def check_copying_dla(fn: Callable) -> None:
+    """``fn(model, tokens, seq_len)`` must return ``[layer, head]``: each head's direct effect (its output read
+    through the final norm, the scale frozen at this run's, and ``W_U``) on the logit of the *next* token,
+    averaged over prompts and logit positions ``seq_len + 1 .. 2 * seq_len - 1`` of ``[BOS, r_1..r_n, r_1..r_n]``."""
+    name = "check_copying_dla"
+    n = 0
+    for model, seq_len, toks, where in _repeat_cases(((4, 2, 0), (6, 3, 1))):
+        n += 1
+        want = reference_copying_dla(model, toks, seq_len)
+        got = _call(fn, name, where, model, toks.clone(), seq_len)
+        leak = _leak_message(model)
+        if leak:
+            raise CheckFailed(f"{name}: case {where!r}: {leak}.")
+        if isinstance(got, Tensor) and _same(got, want):
+            continue
+        wrong = {
+            "a sign flip": -want,
+            "off by one: that reads the unembedding of the current token; the token to copy is the next one, "
+            "tokens[:, p + 1]": _copying_dla(model, toks, seq_len, 0, seq_len + 1),
+            "off by one: logit position seq_len (predicting r_1, which nothing can copy) is included":
+                _copying_dla(model, toks, seq_len, 1, seq_len),
+            "it averaged over first-half positions too, where there is nothing to copy yet":
+                _copying_dla(model, toks, seq_len, 1, 1),
+        }
+        raise _diagnose(name, where, got, want, wrong, "the DLA grid")
+    print(f"{name}: passed {n} cases.")
+
+
+__all__ += ["check_copying_dla", "check_head_ablation_hook", "check_induction_one_pass", "check_record_activation",
+            "check_second_half_loss", "reference_copying_dla", "reference_head_ablation_hook",
+            "reference_induction_grid", "reference_second_half_loss"]
