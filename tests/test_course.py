@@ -51,13 +51,31 @@ def test_unclosed_or_stray_markers_are_errors():
 def test_make_exercise_blanks_drops_and_keeps_the_right_cells():
     ex = exercises.make_exercise(_solutions_nb(), "solutions/x.ipynb", "exercises/x.ipynb")
     sources = [c.source for c in ex.cells]
+    code = "\n".join(c.source for c in ex.cells if c.cell_type == "code")
     joined = "\n".join(sources)
-    assert "return a + b" not in joined and "NotImplementedError" in joined
+    assert "return a + b" not in code and "NotImplementedError" in code
     assert "print(add(1, 2))" not in joined  # solution-only cell dropped
     assert "assert add(2, 2) == 4" in joined  # checks stay
     assert all(not c.get("outputs") for c in ex.cells if c.cell_type == "code")
     assert sources[0].startswith(colab.BADGE_PREFIX) and "exercises/x.ipynb" in sources[0]
     assert "Exercise version" in sources[1]
+    # the solution sits collapsed right under the blanked cell, whole and without the markers
+    blank = next(i for i, c in enumerate(ex.cells) if c.cell_type == "code" and "NotImplementedError" in c.source)
+    block = ex.cells[blank + 1]
+    assert block.cell_type == "markdown" and block.source.startswith("<details><summary>Solution")
+    assert "def add(a, b):\n    return a + b" in block.source and "BEGIN SOLUTION" not in block.source
+    assert block.source.rstrip().endswith("</details>")
+
+
+def test_every_exercise_has_its_solution_collapsed_right_under_it():
+    for path in sorted((ROOT / "exercises").glob("*.ipynb")):
+        cells = nbformat.read(path, as_version=4).cells
+        blanks = [i for i, c in enumerate(cells) if c.cell_type == "code" and "raise NotImplementedError" in c.source]
+        assert blanks, f"{path.name} has no exercise"
+        for i in blanks:
+            block = cells[i + 1]
+            assert block.cell_type == "markdown" and block.source.startswith("<details><summary>Solution"), \
+                f"{path.name} cell {i}: no collapsed solution under the exercise"
 
 
 def test_validation_names_missing_metadata_and_hints():

@@ -4,7 +4,9 @@ Markers (see CONTRIBUTING.md):
 
 - a markdown cell starting ``#### Exercise`` with a ``Difficulty: ... · Importance: ... · ~N min`` line and at
   least one ``<details>`` hint, followed by a code cell holding the solution between ``# BEGIN SOLUTION`` and
-  ``# END SOLUTION``: the exercise gets ``raise NotImplementedError(...)`` in its place, indented alike;
+  ``# END SOLUTION``: the exercise gets ``raise NotImplementedError(...)`` in its place, indented alike, and a
+  collapsed ``<details>`` block right under it holds the whole solution cell (markers removed), so a learner who is
+  stuck can open it without leaving the notebook;
 - a code cell whose first line is ``# SOLUTION ONLY`` is dropped from the exercise notebook;
 - the first code cell starting ``# mechlab: setup`` is rewritten from :mod:`mechlab.course.colab`.
 
@@ -64,6 +66,17 @@ def blank_solutions(source: str, *, where: str = "cell") -> str:
     return "\n".join(out)
 
 
+def solution_text(source: str) -> str:
+    """The solution cell as a learner should read it: the ``# BEGIN/END SOLUTION`` marker lines dropped."""
+    return "\n".join(line for line in source.splitlines() if line.strip() not in (BEGIN, END)).strip("\n")
+
+
+def solution_block(source: str) -> str:
+    """A collapsed markdown block holding the solution cell's code."""
+    return ("<details><summary>Solution (open it after you have tried)</summary>\n\n```python\n"
+            f"{solution_text(source)}\n```\n\n</details>")
+
+
 def validate_solutions(nb, name: str = "notebook") -> list[str]:
     """Problems with the exercise markers of a solutions notebook ([] when it follows the conventions)."""
     problems = []
@@ -109,14 +122,18 @@ def make_exercise(nb, source_path: str, exercise_path: str):
     ex = stamp(nb, exercise_path)
     cells = []
     for i, cell in enumerate(ex.cells):
+        solved = ""
         if cell.cell_type == "code":
             if cell.source.lstrip().startswith(SOLUTION_ONLY):
                 continue
-            cell.source = blank_solutions(cell.source, where=f"{source_path} cell {i}")
+            solved = cell.source
+            cell.source = blank_solutions(solved, where=f"{source_path} cell {i}")
             cell.outputs = []
             cell.execution_count = None
         cell.metadata = {k: v for k, v in cell.metadata.items() if k in ("tags", "collapsed", "jupyter")}
         cells.append(cell)
+        if BEGIN in solved:
+            cells.append(nbformat.v4.new_markdown_cell(solution_block(solved)))
     note = nbformat.v4.new_markdown_cell(GENERATED_NOTE.format(source=source_path))
     cells.insert(1, note)
     for i, cell in enumerate(cells):  # stable ids, so regenerating an unchanged source is a no-op
