@@ -9,15 +9,23 @@ import pytest
 import torch
 
 from mechlab.core.activations import hook_name
+from mechlab.core.results import Labelled
 from mechlab.data.text import text_tokens
 from mechlab.methods.ablation import ablation_hooks
 from mechlab.methods.self_repair import (
+    PARTS,
+    SelfRepair,
+    backup_fit,
     backup_slopes,
     fit_slope,
+    later_head_changes,
+    mean_direct_effects,
     norm_share,
+    reliable_slopes,
     select_points,
     self_repair_sweep,
     slopes_grid,
+    top_token_effects,
 )
 from mechlab.models.organism import ORGANISM_DIR
 
@@ -326,3 +334,80 @@ def test_time_sweep_smoke(gpt2_like):
     row = time_sweep(gpt2_like, 2, 8, loop_heads=2)
     assert row["heads"] == 8 and row["batched_s"] > 0 and row["loop_s"] > 0
     assert row["speedup"] == pytest.approx(row["loop_s"] / row["batched_s"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the seed's figures' numbers: per-head direct effects, one head's fitted line, the later heads' changes
+
+
+def test_mean_direct_effects_match_hand_einsum_and_sum_per_layer_to_attn_out(model, data):
+    clean, corrupted = data
+    result = self_repair_sweep(model, clean, corrupted, progress=False)
+    means = mean_direct_effects(result)
+    logits, cache = _run(model, clean)
+    scale = cache["ln_final.hook_scale"].float()
+    heads = _head_des(model, cache, scale, clean[:, 1:]).mean((2, 3))  # [layer, head]
+    torch.testing.assert_close(slopes_grid(model, means), heads.cpu(), atol=1e-5, rtol=1e-4)
+    assert means.labels == result.labels
+
+
+def test_top_token_effects_and_reliable_slopes():
+    result = _synthetic_sweep()
+    eff = top_token_effects(result, top_percent=10)  # 10 % of 40 points: the 4 largest x
+    x = result.clean_direct_effect().values.flatten(1)
+    want = x.topk(4, dim=1).values.mean(1)
+    torch.testing.assert_close(eff.values, want)
+    slopes = backup_slopes(result, top_percent=10)
+    kept = reliable_slopes(slopes, eff, min_effect=float(want[1]) - 1e-6)
+    assert set(kept.labels) == {lab for lab, w in zip(result.labels, want.tolist(), strict=True)
+                                if w >= float(want[1]) - 1e-6}
+    assert set(kept.meta["dropped"]) == set(result.labels) - set(kept.labels)
+    with pytest.raises(ValueError, match="lower min_effect"):
+        reliable_slopes(slopes, eff, min_effect=1e3)
+
+
+def test_backup_fit_equals_backup_slopes_and_numpy():
+    result = _synthetic_sweep()
+    slopes = backup_slopes(result, top_percent=25)
+    for label in result.labels:
+        fit = backup_fit(result, label, top_percent=25)
+        assert fit.slope == pytest.approx(float(slopes[label]))
+        x, y = fit.x.double().numpy(), fit.y.double().numpy()
+        keep = np.argsort(-x)[: int(round(x.size * 0.25))]
+        slope, icept = np.polyfit(x[keep], y[keep], 1)
+        assert fit.slope == pytest.approx(slope, rel=1e-6) and fit.intercept == pytest.approx(icept, abs=1e-6)
+        assert int(fit.kept.sum()) == keep.size and bool(fit.kept[torch.as_tensor(keep)].all())
+
+
+def test_later_head_changes_match_a_hand_ablation(model, data):
+    clean, corrupted = data
+    result = self_repair_sweep(model, clean, corrupted, heads=["L0H1"], keep_components=True, progress=False)
+    later = later_head_changes(result, "L0H1")
+    assert later.labels == [f"L{la}H{h}" for la in range(1, model.cfg.n_layers) for h in range(model.cfg.n_heads)]
+    _, cache_c = _run(model, clean)
+    s_clean = cache_c["ln_final.hook_scale"].float()
+    hooks = ablation_hooks(model, ["L0H1"], method="resample", reference=corrupted, tokens=clean)
+    _, cache_a = _run(model, clean, hooks)
+    want = (_head_des(model, cache_a, s_clean, clean[:, 1:]) - _head_des(model, cache_c, s_clean, clean[:, 1:]))
+    torch.testing.assert_close(later.values, want[1:].mean((2, 3)).flatten().cpu(), atol=1e-5, rtol=1e-4)
+    # the heads that cannot see L0H1 did not move, so the later heads carry the whole `heads` part
+    assert float(later.values.sum()) == pytest.approx(float(result.heads.values[0].mean()), abs=1e-5)
+    with pytest.raises(ValueError, match="group"):
+        later_head_changes(result, "L0H1+L0H0")
+    last = self_repair_sweep(model, clean, corrupted, heads=[f"L{model.cfg.n_layers - 1}H0"], keep_components=True,
+                             progress=False)
+    with pytest.raises(ValueError, match="last layer"):
+        later_head_changes(last, f"L{model.cfg.n_layers - 1}H0")
+
+
+def _synthetic_sweep():
+    """A SelfRepair with known numbers: 3 heads x 4 prompts x 10 positions, y a bent function of x."""
+    gen = torch.Generator().manual_seed(3)
+    labels = ["L0H0", "L0H1", "L1H0"]
+    x = torch.randn(3, 4, 10, generator=gen) * torch.tensor([0.1, 1.0, 3.0])[:, None, None]
+    heads = 0.4 * x + 0.2 * x.clamp(min=0.5) ** 2 + 0.05 * torch.randn(3, 4, 10, generator=gen)
+    zero = torch.zeros(3, 4, 10)
+    parts = {p: Labelled(zero.clone(), labels, axes=("ablated", "batch", "pos")) for p in PARTS}
+    parts["heads"] = Labelled(heads, labels, axes=("ablated", "batch", "pos"))
+    clean = Labelled(torch.cat([x, torch.zeros(1, 4, 10)]), labels + ["L1 mlp"], axes=("component", "batch", "pos"))
+    return SelfRepair(**parts, clean=clean, groups=[[lab] for lab in labels])

@@ -503,3 +503,92 @@ def time_sweep(model, n_prompts: int, n_pos: int, *, loop_heads: int | None = No
 
 __all__ = ["SelfRepair", "backup_slopes", "fit_slope", "ioi_self_repair", "norm_share", "point_labels", "select_points",
            "self_repair_sweep", "slopes_grid", "time_sweep"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the seed's figures: every head's direct effect, one head's fitted line, the later heads that get worse
+
+
+def mean_direct_effects(result: SelfRepair) -> Labelled:
+    """Every swept group's clean direct effect, mean over (batch, pos): one number per head, for a layer x head
+    heatmap (:func:`slopes_grid` arranges any per-head ``Labelled``). Summed over one layer's heads it is the
+    direct effect of that layer's attention output less its output bias ``b_O``."""
+    values = result.clean_direct_effect().values.mean((1, 2))
+    return Labelled(values, result.labels, unit="mean clean direct effect (logit)", axes=("ablated",),
+                    meta={"readout": result.meta.get("readout")})
+
+
+def top_token_effects(result: SelfRepair, *, top_percent: float) -> Labelled:
+    """Each group's mean clean direct effect on the points a ``top_percent`` backup fit keeps (its top tokens).
+
+    This is the x-range a backup slope is fitted on: where it is close to zero, the slope divides noise by almost
+    nothing and says nothing about backup."""
+    x_all = result.clean_direct_effect().values
+    values = torch.stack([x.flatten()[select_points(x, top_percent=top_percent)].mean() for x in x_all])
+    return Labelled(values, result.labels, unit=f"mean clean direct effect on the top {top_percent} % tokens (logit)",
+                    axes=("ablated",), meta={"top_percent": top_percent})
+
+
+def reliable_slopes(slopes: Labelled, effects: Labelled, *, min_effect: float) -> Labelled:
+    """The slopes (:func:`backup_slopes`) of the groups whose top-token direct effect (:func:`top_token_effects`)
+    is at least ``min_effect`` logits; NaN slopes are dropped too. ``meta["dropped"]`` lists what was left out."""
+    if list(effects.labels) != list(slopes.labels):
+        raise ValueError("slopes and effects name different heads; compute both from the same sweep "
+                         f"(slopes: {slopes.labels[:4]}..., effects: {effects.labels[:4]}...).")
+    pairs = list(zip(slopes.values.tolist(), effects.values.tolist(), strict=True))
+    keep = [i for i, (s, e) in enumerate(pairs) if e >= min_effect and s == s]  # s == s: not NaN
+    if not keep:
+        raise ValueError(f"no head has a top-token direct effect of at least min_effect={min_effect} logits (the "
+                         f"largest is {max(e for _, e in pairs):.3g}); lower min_effect.")
+    dropped = [lab for i, lab in enumerate(slopes.labels) if i not in keep]
+    return Labelled(slopes.values[keep], [slopes.labels[i] for i in keep], unit=slopes.unit, axes=slopes.axes,
+                    meta={**slopes.meta, "min_effect": min_effect, "dropped": dropped})
+
+
+@dataclass
+class BackupFit:
+    """One group's backup scatter and the least-squares line through the points it kept (what
+    ``mechlab.plot.self_repair.figure_backup_fit`` draws)."""
+
+    label: str  # the ablated group
+    x: Tensor  # [n] its clean direct effect at every (batch, pos), flattened
+    y: Tensor  # [n] the compensation (``which``) at the same points
+    kept: Tensor  # [n] bool: the points the line was fitted on
+    slope: float
+    intercept: float  # 0.0 for a line through the origin
+    which: str  # the compensation read: "heads", "heads+mlps" or "all"
+
+
+def backup_fit(result: SelfRepair, label: str, *, which: str = "heads", intercept: bool = True,
+               threshold: float | None = None, top_percent: float | None = None) -> BackupFit:
+    """The points and the fitted line behind one entry of :func:`backup_slopes` (same arguments, same slope)."""
+    i = result.delta_logit.index(label)
+    x = result.clean_direct_effect().values[i].flatten()
+    y = result.compensation(which).values[i].flatten()
+    slope, icept, _ = fit_slope(x, y, intercept=intercept, threshold=threshold, top_percent=top_percent)
+    kept = select_points(x, threshold=threshold, top_percent=top_percent)
+    return BackupFit(label=label, x=x, y=y, kept=kept, slope=slope, intercept=icept, which=which)
+
+
+def later_head_changes(result: SelfRepair, label: str) -> Labelled:
+    """When the single head ``label`` is ablated: the change of direct effect of every head in a later layer, mean
+    over (batch, pos) (the sweep must have ``keep_components=True``). Negative: that head did *worse* without it.
+
+    Heads in the same or earlier layers cannot see the ablated head, so their change is exactly 0 and they are left
+    out; the values therefore sum to the mean of the sweep's ``heads`` part for ``label``."""
+    if "+" in label:
+        raise ValueError(f"label={label!r} names a group; later_head_changes reads one ablated head (e.g. 'L5H1').")
+    changes = result.component_changes(label)
+    n_layers = sum(lab.endswith(" mlp") for lab in changes.labels)
+    n_heads = sum(lab.startswith("L0H") for lab in changes.labels)
+    layer, _ = parse_head(label, n_layers, n_heads)
+    rows = [i for i, lab in enumerate(changes.labels)
+            if lab.startswith("L") and "H" in lab and " " not in lab and parse_head(lab, n_layers, n_heads)[0] > layer]
+    if not rows:
+        raise ValueError(f"{label} sits in the last layer: no head comes after it.")
+    return Labelled(changes.values[rows], [changes.labels[i] for i in rows], unit=changes.unit, axes=("head",),
+                    meta={"ablated": label})
+
+
+__all__ += ["BackupFit", "backup_fit", "later_head_changes", "mean_direct_effects", "reliable_slopes",
+            "top_token_effects"]
