@@ -11,7 +11,9 @@ Submodules (one per kind of figure; each re-exported here):
 from mechlab.plot.attention import attention_heatmaps, attention_view, head_type_grids
 from mechlab.plot.basic import imshow, layer_head_grid, line, scatter
 from mechlab.plot.cot import figure_atp, figure_dla, figure_position_map, figure_qkv
+from mechlab.plot.patching import heatmap_panels
 
 __all__ = ["imshow", "layer_head_grid", "line", "scatter"]
 __all__ += ["attention_heatmaps", "attention_view", "head_type_grids"]
 __all__ += ["figure_atp", "figure_dla", "figure_position_map", "figure_qkv"]
+__all__ += ["heatmap_panels"]
