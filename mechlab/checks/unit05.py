@@ -31,10 +31,12 @@ import torch
 from torch import Tensor
 
 from mechlab.checks.core import Case, compare_tensors, negated, run_cases
-from mechlab.core.activations import hook_name
+from mechlab.core.activations import hook_name, n_heads_for
 from mechlab.core.loading import load_model
 from mechlab.core.runs import Metric, cache_acts, logit_diff_metric
+from mechlab.core.tokens import logit_diff
 from mechlab.methods.attribution import attribution_patching, ig_alphas, integrated_gradients
+from mechlab.methods.patching import activation_patching
 
 
 @lru_cache(maxsize=2)
@@ -215,3 +217,398 @@ def check_ig_heads(fn: Callable) -> None:
 
 __all__ = ["ATP_MISTAKES", "IG_MISTAKES", "check_atp_heads", "check_ig_heads", "curved_metric", "path_attribution",
            "reference_atp_heads", "reference_ig_heads"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# exact activation patching by hand (the section before AtP)
+#
+# The learner writes, with results in the metric's unit (mean over prompts of metric(patched) - metric(baseline)):
+#
+#     patching_hook(source, pos=None, head=None) -> hook        writes source's (pos, head) slice into the run
+#     resid_pre_patching(model, clean, corrupted, metric, direction)          -> [layer, pos]
+#     head_patching(model, clean, corrupted, metric, kind, direction)         -> [layer, head]  (kind z/q/k/v)
+#     head_position_patching(model, clean, corrupted, metric, direction)      -> [layer, head, pos]  (z)
+#     pattern_patching(model, clean, corrupted, metric, direction)            -> [layer, head]  (hook_pattern)
+#     calibrated_metric(logits, answer, wrong, clean_value, corrupted_value)  -> [batch]  (0 corrupted, 1 clean)
+#
+# Each check compares with mechlab's reference and, on a mismatch, tries the likely mistakes one by one and names
+# the first that reproduces the learner's numbers: a sign flip, noising and denoising swapped, an off-by-one
+# position, a hook that returns nothing, an in-place edit of a cached tensor, the first position read instead of
+# the last, and a few more.
+
+
+_PATCH_TOL = {"atol": 1e-5, "rtol": 1e-3}
+
+
+def _same(got, want) -> bool:
+    return isinstance(got, torch.Tensor) and got.shape == want.shape and compare_tensors(got, want, **_PATCH_TOL) == ""
+
+
+def _name_the_mistake(got, want: dict, what: str) -> str:
+    """"" when ``got`` matches ``want["value"]``; else the first of ``want["mistakes"]`` (message -> tensor) that
+    reproduces ``got``, or the plain mismatch followed by the usual suspects."""
+    problem = compare_tensors(got, want["value"], **_PATCH_TOL, what=what)
+    if not problem:
+        return ""
+    if not isinstance(got, torch.Tensor) or got.shape != want["value"].shape:
+        return problem
+    for message, value in want["mistakes"].items():
+        value = value() if callable(value) else value  # costly alternatives are computed only on a mismatch
+        if value is not None and _same(got, value):
+            return f"{problem}. Your numbers match {message}"
+    partial = want.get("partial", {})
+    for message, (index, value) in partial.items():
+        if _same(got[index], value) and not _same(got, want["value"]):
+            return f"{problem}. Your numbers match {message}"
+    return problem + ". Check the sign, the direction (which run is patched into which), the positions and heads"
+
+
+def _runs(model, clean, corrupted, direction):
+    """(baseline tokens, source tokens) of a direction."""
+    if direction not in ("noising", "denoising"):
+        raise ValueError(f"direction={direction!r}; expected 'noising' or 'denoising'.")
+    return (clean, corrupted) if direction == "noising" else (corrupted, clean)
+
+
+def _other(direction: str) -> str:
+    return "denoising" if direction == "noising" else "noising"
+
+
+def _shifted(want: torch.Tensor, dim: int) -> dict:
+    """Off-by-one views: the learner's entries [.., 1:] equal the reference's [.., :-1] (or the reverse)."""
+    n = want.shape[dim]
+    late, early = [slice(None)] * want.ndim, [slice(None)] * want.ndim
+    late[dim], early[dim] = slice(1, n), slice(0, n - 1)
+    return {
+        "the reference shifted by one position (an off-by-one: the patch went to position p - 1, or the result "
+        "to p + 1; `range(1, n_pos + 1)`, `pos - 1` or `tokens[:, 1:]`?)": (tuple(late), want[tuple(early)]),
+        "the reference shifted by one position the other way (an off-by-one: the patch went to position p + 1)":
+            (tuple(early), want[tuple(late)]),
+    }
+
+
+def _mean_metric(model, tokens, metric, hooks=()) -> torch.Tensor:
+    with torch.no_grad():
+        return metric(model.run_with_hooks(tokens, fwd_hooks=list(hooks))).float().mean()
+
+
+# --- the patching hook
+
+
+def reference_patching_hook(source: torch.Tensor, pos: int | None = None, head: int | None = None):
+    """A hook that returns a copy of the activation with ``source``'s ``[:, pos]`` (and ``head``) slice written in."""
+
+    def hook(act, hook):
+        out = act.clone()
+        p = slice(None) if pos is None else pos
+        if head is None:
+            out[:, p] = source[:, p].to(out.dtype)
+        else:
+            out[:, p, head] = source[:, p, head].to(out.dtype)
+        return out
+
+    return hook
+
+
+def _hook_cases() -> list[Case]:
+    cases = []
+    for name, seed in (("tiny-gpt2", 0), ("tiny-gemma", 1)):
+        model = _model(name)
+        clean, corrupted, _ = _prompts(model, seed)
+        for kind, layer, pos, head in (("resid_pre", 1, 3, None), ("z", 0, 1, 2), ("q", 1, 3, 1), ("z", 1, None, 0)):
+            src_name = hook_name(kind, layer)
+            _, cache = model.run_with_cache(corrupted, names_filter=lambda n, s=src_name: n == s)
+            label = f"{name}, {kind} layer {layer}, pos {pos}, head {head}"
+            cases.append(Case(label, (model, clean, src_name, cache[src_name].detach(), pos, head)))
+    return cases
+
+
+def _logits_with(model, tokens, name, hook) -> torch.Tensor:
+    with torch.no_grad():
+        return model.run_with_hooks(tokens, fwd_hooks=[(name, hook)]).detach()
+
+
+def _hook_reference(model, tokens, name, source, pos, head) -> dict:
+    want = _logits_with(model, tokens, name, reference_patching_hook(source, pos, head))
+    n_pos, mistakes = tokens.shape[1], {}
+    with torch.no_grad():
+        mistakes["the unpatched run: the patch never reached the model. Does your hook `return` the new activation? "
+                 "Rebinding the argument (`act = source`) and returning nothing is a silent no-op"] = model(tokens)
+    if pos is not None:
+        for p, side in ((pos - 1, "p - 1"), (pos + 1, "p + 1")):
+            if 0 <= p < n_pos:
+                mistakes[f"a patch at position {side} (an off-by-one position)"] = lambda p=p: _logits_with(
+                    model, tokens, name, reference_patching_hook(source, p, head))
+        mistakes["a patch at every position: index the position axis (act[:, pos]) as well"] = lambda: _logits_with(
+            model, tokens, name, reference_patching_hook(source, None, head))
+    if head is not None:
+        mistakes["a patch of every head at that position: index the head axis too (act[:, pos, head])"] = \
+            lambda: _logits_with(model, tokens, name, reference_patching_hook(source, pos, None))
+    return {"value": want, "mistakes": mistakes}
+
+
+def check_patching_hook(fn: Callable) -> None:
+    """``fn(source, pos=None, head=None) -> hook``: the hook writes ``source``'s slice into the run it is on."""
+
+    def run(model, tokens, name, source, pos, head):
+        before = source.clone()
+        hook = fn(source, pos, head)
+        if not callable(hook):
+            raise TypeError(f"patching_hook returned {type(hook).__name__}; it should return the hook function "
+                            "itself, `hook(act, hook) -> act`")
+        logits = _logits_with(model, tokens, name, hook)
+        if not torch.equal(before, source):
+            return "edited"
+        return logits
+
+    def compare(got, want):
+        if isinstance(got, str) and got == "edited":
+            return ("your hook changed the cached source tensor (an in-place edit of a cached tensor): every later "
+                    "patch would read the edited values. Write into a copy of the run's activation (act.clone()) "
+                    "and never assign into the cache")
+        return _name_the_mistake(got, want, "logits of the patched run")
+
+    run_cases(run, _hook_reference, _hook_cases(), name="patching_hook", compare=compare)
+
+
+# --- resid_pre per layer x position
+
+
+def reference_resid_pre_patching(model, clean, corrupted, metric, direction: str = "noising") -> torch.Tensor:
+    """Exact patching of ``resid_pre`` per (layer, position): [layer, pos], mean metric(patched) - mean metric(base)."""
+    return activation_patching(model, clean, corrupted, metric, kind="resid_pre", direction=direction, effect=True,
+                               progress=False).values
+
+
+def _cumulative_resid_pre(model, clean, corrupted, metric, direction) -> torch.Tensor:
+    """The in-place bug: the patched tensor is the cache itself, so patches accumulate over positions."""
+    base, src = _runs(model, clean, corrupted, direction)
+    names = [hook_name("resid_pre", layer) for layer in range(model.cfg.n_layers)]
+    _, base_cache = model.run_with_cache(base, names_filter=lambda n: n in names)
+    _, src_cache = model.run_with_cache(src, names_filter=lambda n: n in names)
+    m_base = _mean_metric(model, base, metric)
+    out = torch.zeros(model.cfg.n_layers, base.shape[1])
+    for layer, name in enumerate(names):
+        edited = base_cache[name].clone()
+        for pos in range(base.shape[1]):
+            edited[:, pos] = src_cache[name][:, pos]
+            snapshot = edited.clone()
+            out[layer, pos] = _mean_metric(model, base, metric, [(name, lambda a, hook, e=snapshot: e)]) - m_base
+    return out
+
+
+def _direction_cases() -> list[Case]:
+    cases = []  # one direction per model: a swap is caught on either, and the checks stay fast
+    for name, seed, direction in (("tiny-gpt2", 0, "noising"), ("tiny-gemma", 1, "denoising")):
+        model = _model(name)
+        clean, corrupted, metric = _prompts(model, seed)
+        cases.append(Case(f"{name}, {direction}", (model, clean, corrupted, metric, direction)))
+    return cases
+
+
+def _common_mistakes(want, other, baseline_mean) -> dict:
+    """``other`` is a thunk: the other direction's reference, computed only when the first guess fails."""
+    return {
+        "the reference with its sign flipped (a sign flip: baseline - patched instead of patched - baseline)": -want,
+        "the other direction (noising and denoising swapped: noising runs the clean prompts with the corrupted "
+        "run's activation written in; denoising the reverse)": other,
+        "zero everywhere: no patch reached the model. Does your hook `return` the patched activation?":
+            torch.zeros_like(want),
+        "the patched metric itself, not its change: subtract the baseline run's mean metric": want + baseline_mean,
+    }
+
+
+def _resid_reference(model, clean, corrupted, metric, direction) -> dict:
+    want = reference_resid_pre_patching(model, clean, corrupted, metric, direction)
+    other = lambda: reference_resid_pre_patching(model, clean, corrupted, metric, _other(direction))  # noqa: E731
+    base, _ = _runs(model, clean, corrupted, direction)
+    mistakes = _common_mistakes(want, other, _mean_metric(model, base, metric))
+    mistakes["patches that accumulate over positions (an in-place edit of a cached tensor: the activation your "
+             "hook writes into is the cache itself, so each patch keeps the earlier ones; clone it first)"] = \
+        lambda: _cumulative_resid_pre(model, clean, corrupted, metric, direction)
+    return {"value": want, "mistakes": mistakes, "partial": _shifted(want, 1)}
+
+
+def check_resid_pre_patching(fn: Callable) -> None:
+    """``fn(model, clean, corrupted, metric, direction) -> [layer, pos]`` against mechlab's exact patching."""
+    run_cases(fn, _resid_reference, _direction_cases(), name="resid_pre_patching",
+              compare=lambda got, want: _name_the_mistake(got, want, "layer x position effect"))
+
+
+# --- each head over all positions (z, q, k, v)
+
+
+def reference_head_patching(model, clean, corrupted, metric, kind: str = "z", direction: str = "noising"):
+    """Exact patching of each head's ``kind`` at every position at once: [layer, head] (K/V heads for k, v)."""
+    res = activation_patching(model, clean, corrupted, metric, kind=kind, direction=direction, per_position=False,
+                              effect=True, progress=False)
+    return res.values.view(model.cfg.n_layers, n_heads_for(model, kind))
+
+
+def _head_cases() -> list[Case]:
+    cases = []
+    for name, seed in (("tiny-gpt2", 0), ("tiny-gemma", 1)):
+        model = _model(name)
+        clean, corrupted, metric = _prompts(model, seed)
+        combos = ((("z", "noising"), ("k", "denoising")) if name == "tiny-gpt2"
+                  else (("q", "denoising"), ("v", "noising")))
+        for kind, direction in combos:
+            cases.append(Case(f"{name}, {kind}, {direction}", (model, clean, corrupted, metric, kind, direction)))
+    return cases
+
+
+def _whole_layer(model, clean, corrupted, metric, kind, direction) -> torch.Tensor:
+    base, src = _runs(model, clean, corrupted, direction)
+    n = n_heads_for(model, kind)
+    out = torch.zeros(model.cfg.n_layers, n)
+    m_base = _mean_metric(model, base, metric)
+    for layer in range(model.cfg.n_layers):
+        name = hook_name(kind, layer)
+        _, cache = model.run_with_cache(src, names_filter=lambda x, s=name: x == s)
+        out[layer] = _mean_metric(model, base, metric, [(name, lambda a, hook, c=cache[name]: c)]) - m_base
+    return out
+
+
+def _head_reference(model, clean, corrupted, metric, kind, direction) -> dict:
+    want = reference_head_patching(model, clean, corrupted, metric, kind, direction)
+    other = lambda: reference_head_patching(model, clean, corrupted, metric, kind, _other(direction))  # noqa: E731
+    base, _ = _runs(model, clean, corrupted, direction)
+    mistakes = _common_mistakes(want, other, _mean_metric(model, base, metric))
+    mistakes["the whole layer patched for every head (index the head axis: act[:, :, head], the axes of "
+             f"hook_{kind} are [batch, pos, head, d_head])"] = lambda: _whole_layer(model, clean, corrupted, metric,
+                                                                                   kind, direction)
+    partial = {"the reference shifted by one head (an off-by-one on the head index)":
+               ((slice(None), slice(1, None)), want[:, :-1])} if want.shape[1] > 1 else {}
+    return {"value": want, "mistakes": mistakes, "partial": partial}
+
+
+def check_head_patching(fn: Callable) -> None:
+    """``fn(model, clean, corrupted, metric, kind, direction) -> [layer, head]`` for kind in z, q, k, v."""
+    run_cases(fn, _head_reference, _head_cases(), name="head_patching",
+              compare=lambda got, want: _name_the_mistake(got, want, "per-head effect"))
+
+
+# --- each head per position (z)
+
+
+def reference_head_position_patching(model, clean, corrupted, metric, direction: str = "noising") -> torch.Tensor:
+    """Exact patching of each head's ``z`` at one position at a time: [layer, head, pos]."""
+    res = activation_patching(model, clean, corrupted, metric, kind="z", direction=direction, effect=True,
+                              progress=False)
+    return res.values.view(model.cfg.n_layers, model.cfg.n_heads, clean.shape[1])
+
+
+def _head_position_reference(model, clean, corrupted, metric, direction) -> dict:
+    want = reference_head_position_patching(model, clean, corrupted, metric, direction)
+    other = lambda: reference_head_position_patching(model, clean, corrupted, metric, _other(direction))  # noqa: E731
+    base, _ = _runs(model, clean, corrupted, direction)
+    return {"value": want, "mistakes": _common_mistakes(want, other, _mean_metric(model, base, metric)),
+            "partial": _shifted(want, 2)}
+
+
+def check_head_position_patching(fn: Callable) -> None:
+    """``fn(model, clean, corrupted, metric, direction) -> [layer, head, pos]`` (each head's z, one position)."""
+    run_cases(fn, _head_position_reference, _direction_cases(), name="head_position_patching",
+              compare=lambda got, want: _name_the_mistake(got, want, "layer x head x position effect"))
+
+
+# --- the attention pattern per head
+
+
+def _pattern_loop(model, clean, corrupted, metric, direction, axis: int = 1) -> torch.Tensor:
+    """Patch each head's pattern [batch, head, q, k] by hand; ``axis=2`` is the wrong-axis mistake (a query row)."""
+    base, src = _runs(model, clean, corrupted, direction)
+    names = [hook_name("pattern", layer) for layer in range(model.cfg.n_layers)]
+    _, cache = model.run_with_cache(src, names_filter=lambda n: n in names)
+    m_base = _mean_metric(model, base, metric)
+    n_pos = base.shape[1]
+    out = torch.full((model.cfg.n_layers, model.cfg.n_heads), float("nan"))
+    for layer, name in enumerate(names):
+        for head in range(model.cfg.n_heads):
+            if axis == 2 and head >= n_pos:
+                continue
+
+            def hook(pattern, hook, src=cache[name], h=head):
+                out_p = pattern.clone()
+                if axis == 1:
+                    out_p[:, h] = src[:, h]
+                else:
+                    out_p[:, :, h] = src[:, :, h]
+                return out_p
+
+            out[layer, head] = _mean_metric(model, base, metric, [(name, hook)]) - m_base
+    return out
+
+
+def reference_pattern_patching(model, clean, corrupted, metric, direction: str = "noising") -> torch.Tensor:
+    """Exact patching of each head's attention pattern (every query position): [layer, head]."""
+    return _pattern_loop(model, clean, corrupted, metric, direction)
+
+
+def _pattern_reference(model, clean, corrupted, metric, direction) -> dict:
+    want = reference_pattern_patching(model, clean, corrupted, metric, direction)
+    other = lambda: reference_pattern_patching(model, clean, corrupted, metric, _other(direction))  # noqa: E731
+    base, _ = _runs(model, clean, corrupted, direction)
+    mistakes = _common_mistakes(want, other, _mean_metric(model, base, metric))
+    mistakes["a patch of query row `head` across all heads (the wrong axis: hook_pattern is [batch, head, "
+             "query_pos, key_pos], so a head is pattern[:, head], not pattern[:, :, head])"] = lambda: _pattern_loop(
+        model, clean, corrupted, metric, direction, axis=2)
+    return {"value": want, "mistakes": mistakes}
+
+
+def check_pattern_patching(fn: Callable) -> None:
+    """``fn(model, clean, corrupted, metric, direction) -> [layer, head]`` patching each head's attention pattern."""
+    run_cases(fn, _pattern_reference, _direction_cases(), name="pattern_patching",
+              compare=lambda got, want: _name_the_mistake(got, want, "per-head pattern effect"))
+
+
+# --- a metric calibrated to 0 = corrupted, 1 = clean
+
+
+def reference_calibrated_metric(logits, answer, wrong, clean_value: float, corrupted_value: float) -> torch.Tensor:
+    """(logit diff at the last position - corrupted_value) / (clean_value - corrupted_value), one per prompt."""
+    return (logit_diff(logits[:, -1].float(), answer, wrong) - corrupted_value) / (clean_value - corrupted_value)
+
+
+def _metric_cases() -> list[Case]:
+    g = torch.Generator().manual_seed(5)
+    cases = []
+    for batch, n_pos, vocab in ((3, 5, 11), (4, 7, 20)):
+        logits = torch.randn(batch, n_pos, vocab, generator=g) * 3
+        answer, wrong = torch.randint(vocab, (batch,), generator=g), torch.randint(vocab, (batch,), generator=g)
+        clean_value, corrupted_value = 2.5 + batch, -1.0 + 0.5 * batch
+        cases.append(Case(f"batch {batch}, {n_pos} positions", (logits, answer, wrong, clean_value, corrupted_value)))
+    return cases
+
+
+def _metric_reference(logits, answer, wrong, clean_value, corrupted_value) -> dict:
+    want = reference_calibrated_metric(logits, answer, wrong, clean_value, corrupted_value)
+    gap = clean_value - corrupted_value
+
+    def at(pos):
+        return logit_diff(logits[:, pos].float(), answer, wrong)
+
+    return {"value": want, "mistakes": {
+        "the logit difference at the first position (logits[:, 0]): the answer is predicted at the last, "
+        "logits[:, -1]": (at(0) - corrupted_value) / gap,
+        "the logit difference at the second-to-last position (an off-by-one position: logits[:, -2])":
+            (at(-2) - corrupted_value) / gap,
+        "the calibration reversed (1 = corrupted, 0 = clean): subtract the corrupted value and divide by "
+        "clean - corrupted": (at(-1) - clean_value) / (corrupted_value - clean_value),
+        "the logit difference with its sign flipped (wrong - answer)": (-at(-1) - corrupted_value) / gap,
+        "an uncalibrated logit difference: subtract corrupted_value, then divide by clean_value - corrupted_value":
+            at(-1),
+        "a difference not divided by the gap (clean_value - corrupted_value)": at(-1) - corrupted_value,
+    }}
+
+
+def check_calibrated_metric(fn: Callable) -> None:
+    """``fn(logits, answer, wrong, clean_value, corrupted_value) -> [batch]``: 0 on corrupted, 1 on clean."""
+    run_cases(fn, _metric_reference, _metric_cases(), name="calibrated_metric",
+              compare=lambda got, want: _name_the_mistake(got, want, "calibrated metric"))
+
+
+__all__ += ["check_calibrated_metric", "check_head_patching", "check_head_position_patching", "check_patching_hook",
+            "check_pattern_patching", "check_resid_pre_patching", "reference_calibrated_metric",
+            "reference_head_patching", "reference_head_position_patching", "reference_patching_hook",
+            "reference_pattern_patching", "reference_resid_pre_patching"]

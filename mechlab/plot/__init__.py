@@ -15,6 +15,7 @@ from mechlab.plot.basic import imshow, layer_head_grid, line, scatter
 from mechlab.plot.circuits import composition_graph
 from mechlab.plot.cot import figure_atp, figure_dla, figure_position_map, figure_qkv
 from mechlab.plot.ioi_circuit import circuit_figure
+from mechlab.plot.patching import heatmap_panels
 from mechlab.plot.self_repair import figure_backup_fit, figure_later_heads
 
 __all__ = ["imshow", "layer_head_grid", "line", "scatter"]
@@ -23,3 +24,4 @@ __all__ += ["figure_atp", "figure_dla", "figure_position_map", "figure_qkv"]
 __all__ += ["composition_graph"]
 __all__ += ["circuit_figure"]
 __all__ += ["figure_backup_fit", "figure_later_heads"]
+__all__ += ["heatmap_panels"]
