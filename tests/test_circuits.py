@@ -10,6 +10,7 @@ import torch
 from mechlab.core.activations import hook_name
 from mechlab.core.loading import load_model
 from mechlab.methods import circuits as C
+from mechlab.plot import composition_graph
 
 
 @pytest.fixture(scope="module")
@@ -140,6 +141,10 @@ def _materialised_score(left, right):
 @pytest.mark.parametrize("kind", ["Q", "K", "V"])
 def test_composition_scores_equal_materialised_norms(tiny_model, kind):
     w = C.circuit_weights(tiny_model)
+    if w.rotary and kind in ("Q", "K"):  # rotary: W_Q W_K^T is not the score, so Q/K composition refuses
+        with pytest.raises(ValueError, match="rotary"):
+            C.composition_scores(w, kind, sender_layer=0, receiver_layer=1)
+        return
     got = C.composition_scores(w, kind, sender_layer=0, receiver_layer=1)
     assert got.values.shape == (w.n_heads, w.n_heads) and got.meta["kind"] == kind
     for s in range(w.n_heads):
@@ -213,3 +218,45 @@ def test_the_organisms_induction_circuit_shows_in_its_weights():
     assert float(acc[induction].min()) > float(acc[others].max())
     pattern = C.positional_pattern(w, "L0H3", n_pos=20)
     assert float(pattern.values.diagonal(-1).min()) > 0.9  # previous-token from positions alone
+
+
+def test_rotated_null_keeps_the_spectrum_and_is_seeded(gpt2_weights):
+    w = gpt2_weights
+    rot = C.haar_orthogonal(w.W_O.shape[-1], torch.Generator().manual_seed(3))
+    assert torch.allclose(rot @ rot.T, torch.eye(rot.shape[0]), atol=1e-5)
+    ov = w.W_V[0, 1] @ w.W_O[0, 1]
+    assert torch.allclose(torch.linalg.svdvals(ov @ rot), torch.linalg.svdvals(ov), atol=1e-5)
+    z = C.rotated_composition_null(w, "K", sender_layer=0, receiver_layer=1, n_seeds=5, seed=3)
+    again = C.rotated_composition_null(w, "K", sender_layer=0, receiver_layer=1, n_seeds=5, seed=3)
+    assert torch.equal(z.values, again.values) and z.meta["null"].shape == (5, w.n_heads, w.n_heads)
+    real = C.composition_scores(w, "K", sender_layer=0, receiver_layer=1).values
+    assert torch.allclose(z.values, (real - z.meta["null"].mean(0)) / z.meta["null"].std(0), atol=1e-5)
+    with pytest.raises(ValueError, match="2 seeds"):
+        C.rotated_composition_null(w, "K", sender_layer=0, receiver_layer=1, n_seeds=1)
+
+
+def test_input_validation_gaps(gpt2_weights):
+    with pytest.raises(ValueError, match="both layer"):
+        C.ov_copying_accuracy(gpt2_weights, layer=0, heads=["L1H0"])
+    a = torch.zeros(2, 8, 4)
+    with pytest.raises(ValueError, match="expected A1"):
+        C.frobenius_composition(a, a, a, a)
+
+
+def test_post_attention_norm_models_are_refused(gpt2_like):
+    block = gpt2_like.blocks[0]
+    block.ln1_post = torch.nn.Identity()
+    try:
+        with pytest.raises(ValueError, match="post-attention norms"):
+            C.circuit_weights(gpt2_like)
+    finally:
+        del block.ln1_post
+
+
+def test_composition_graph_is_one_trace_per_band_with_top_k(gpt2_weights):
+    scores = C.all_compositions(gpt2_weights, "V")
+    fig = composition_graph(scores, n_layers=gpt2_weights.n_layers, n_heads=gpt2_weights.n_heads, threshold=-1.0,
+                            top_k=1)
+    lines = [t for t in fig.data if t.mode == "lines"]
+    n_edges = sum(sum(1 for x in t.x if x is None) for t in lines)
+    assert len(lines) <= 3 and n_edges == gpt2_weights.n_heads * (gpt2_weights.n_layers - 1)

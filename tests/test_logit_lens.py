@@ -100,3 +100,24 @@ def test_a_given_cache_is_used_and_bad_input_refused(gpt2_like):
         answer_ranks(torch.zeros(3), torch.tensor([1]))
     with pytest.raises(ValueError, match="integer tensor"):
         logit_lens(model, "a prompt")
+
+
+def test_answer_ranks_refuses_float_ids(gpt2_like):
+    tokens = torch.randint(0, gpt2_like.cfg.d_vocab, (2, 5))
+    lens = logit_lens(gpt2_like, tokens)
+    with pytest.raises(ValueError, match="integer token ids"):
+        answer_ranks(lens, torch.tensor([1.0, 2.0]))
+
+
+def test_soft_cap_is_applied_and_decomposition_refuses(gpt2_like):
+    tokens = torch.randint(0, gpt2_like.cfg.d_vocab, (2, 5))
+    plain = logit_lens(gpt2_like, tokens)
+    old = getattr(gpt2_like.cfg, "output_logits_soft_cap", -1.0)
+    gpt2_like.cfg.output_logits_soft_cap = 0.5
+    try:
+        capped = logit_lens(gpt2_like, tokens)
+        assert torch.allclose(capped.values, 0.5 * torch.tanh(plain.values / 0.5), atol=1e-6)
+        with pytest.raises(ValueError, match="soft-caps"):
+            layer_decomposition(gpt2_like, tokens, torch.tensor([1, 2]), torch.tensor([3, 4]))
+    finally:
+        gpt2_like.cfg.output_logits_soft_cap = old

@@ -43,8 +43,18 @@ from mechlab.core.activations import parse_head
 from mechlab.core.results import Labelled
 
 COMPOSITION_KINDS = ("Q", "K", "V")
-SCALE_NOTE = ("the norm's scale (one positive number per row) is left out: a top-1 reading or an eigenvalue ratio "
-              "does not depend on it")
+# GPT-2 small's induction and previous-token heads as the TransformerLens main demo ("Exploratory Analysis Demo")
+# and ARENA 1.2 list them from induction scores on repeated random tokens. Olsson et al. 2022 ("In-context
+# Learning and Induction Heads") define induction heads but do not list GPT-2 small's. Note: this differs from
+# mechlab.methods.heads.GPT2_KNOWN_HEADS, which follows the IOI paper's head classes (Wang et al. 2022).
+GPT2_INDUCTION_CIRCUIT = {"induction": ["L5H1", "L5H5", "L6H9", "L7H2", "L7H10"], "previous_token": ["L4H11"]}
+CITATIONS = {
+    "circuits": "Elhage et al. 2021, A Mathematical Framework for Transformer Circuits (OV/QK circuits, "
+                "composition scores, the eigenvalue copying score)",
+    "induction": "Olsson et al. 2022, In-context Learning and Induction Heads",
+}
+SCALE_NOTE = ("the norm's scale (one positive number per row) is left out: a top-1 reading of a row does not depend "
+              "on it, but eigenvalues and Frobenius norms do (a per-row scale is diag(s) @ M, whose spectrum differs)")
 COPYING_BIAS_NOTE = ("biases left out: they add the same vector for every source token, so they do not say what "
                      "is copied")
 
@@ -65,6 +75,7 @@ class CircuitWeights:
     ln1: list[tuple[bool, Tensor, Tensor]]  # per layer: (centres, weight, bias) of the norm the heads read through
     eps: float  # the norms' epsilon
     notes: list[str] = field(default_factory=list)  # what was folded and centred, in words
+    rotary: bool = False  # rotary positions: W_Q W_K^T is not the bilinear form the head applies
 
     @property
     def n_layers(self) -> int:
@@ -118,6 +129,11 @@ def circuit_weights(model) -> CircuitWeights:
     weight into ``W_U``, and for LayerNorm centre reading and writing weights along ``d_model``. ``notes`` says
     what was done. Reads the model's raw weights: call it on a model loaded without ``fold_weights``."""
     cfg = model.cfg
+    if hasattr(model.blocks[0], "ln1_post") or getattr(cfg, "use_normalization_before_and_after", False):
+        raise ValueError("circuit_weights: this model has post-attention norms (ln1_post, as Gemma 2 and 3 do): "
+                         "each head's output is normalised again before it reaches the residual "
+                         "stream, so W_O (and every composition through it) is not what the head writes. Use a "
+                         "pre-norm model such as GPT-2 or the organism.")
     device = model.W_E.device
     n_heads = cfg.n_heads
     has_pos = getattr(cfg, "positional_embedding_type", "standard") == "standard"
@@ -155,7 +171,8 @@ def circuit_weights(model) -> CircuitWeights:
                      "to every query head")
     notes.append(SCALE_NOTE)
     return CircuitWeights(W_E=w_e, W_pos=w_pos, W_Q=folded["W_Q"], W_K=folded["W_K"], W_V=folded["W_V"], W_O=w_o,
-                          b_Q=b_q, b_K=b_k, W_U=w_u, ln1=ln1, eps=float(getattr(cfg, "eps", 1e-5)), notes=notes)
+                          b_Q=b_q, b_K=b_k, W_U=w_u, ln1=ln1, eps=float(getattr(cfg, "eps", 1e-5)), notes=notes,
+                          rotary=getattr(cfg, "positional_embedding_type", "standard") == "rotary")
 
 
 def _check_weights(weights) -> CircuitWeights:
@@ -177,13 +194,20 @@ def head_ov(weights: CircuitWeights, head: str | tuple[int, int]) -> FactoredMat
 
 def head_qk(weights: CircuitWeights, head: str | tuple[int, int]) -> FactoredMatrix:
     """``W_Q[h] @ W_K[h].T`` as a ``FactoredMatrix`` [d_model, d_model]: ``x_query @ QK @ x_key.T`` is the
-    attention score before the ``1/sqrt(d_head)`` and the biases."""
+    attention score before the ``1/sqrt(d_head)`` and the biases.
+
+    **Rotary models (Gemma, Llama): this is not the score.** The query and key are rotated by their positions
+    before the dot product, so the real bilinear form is ``W_Q R(p_q - p_k) W_K^T``; ``head_qk`` ignores ``R``.
+    ``composition_scores`` (Q, K) and ``positional_pattern`` refuse rotary models for that reason."""
     layer, h = _check_weights(weights).head(head)
     return FactoredMatrix(weights.W_Q[layer, h], weights.W_K[layer, h].T)
 
 
 def _heads_in(weights: CircuitWeights, layer: int | None, heads) -> list[tuple[int, int]]:
     if heads is not None:
+        if layer is not None:
+            raise ValueError(f"got both layer={layer} and heads={list(heads)}: pass one (layer for all of a layer's "
+                             "heads, heads for a list such as ['L2H0']).")
         return [weights.head(h) for h in heads]
     layers = range(weights.n_layers) if layer is None else [weights.head((layer, 0))[0]]
     return [(la, h) for la in layers for h in range(weights.n_heads)]
@@ -201,7 +225,7 @@ def ov_copying_accuracy(
     heads: list[str] | None = None,
     tokens: Int[Tensor, " n"] | None = None,
     batch_size: int = 256,
-    progress: bool = False,
+    progress: bool = True,
 ) -> Labelled:
     """For each head, the fraction of source tokens ``t`` whose full OV circuit row ``W_E[t] @ OV @ W_U`` is
     largest at ``t`` itself (top-1 copying), computed ``batch_size`` rows at a time (never d_vocab x d_vocab).
@@ -222,11 +246,15 @@ def ov_copying_accuracy(
         raise ValueError(f"batch_size={batch_size}: expected a positive number of rows per batch.")
     tokens = tokens.long().to(w.W_E.device)
     hits = torch.zeros(len(chosen))
-    for start in tqdm(range(0, len(tokens), batch_size), desc="full OV circuit, rows", disable=not progress):
-        src = tokens[start:start + batch_size]
-        for i, (la, h) in enumerate(chosen):
-            rows = ((w.W_E[src] @ w.W_V[la, h]) @ w.W_O[la, h]) @ w.W_U  # [batch, d_vocab]
-            hits[i] += float((rows.argmax(-1) == src).sum())
+    bar = tqdm(total=len(chosen) * len(tokens), desc="full OV circuit, head x rows", disable=not progress)
+    for i, (la, h) in enumerate(chosen):
+        ou = w.W_O[la, h] @ w.W_U  # [d_head, d_vocab], once per head
+        ev = w.W_E[tokens] @ w.W_V[la, h]  # [n, d_head]
+        for start in range(0, len(tokens), batch_size):
+            rows = ev[start:start + batch_size] @ ou  # [batch, d_vocab]
+            hits[i] += float((rows.argmax(-1) == tokens[start:start + batch_size]).sum())
+            bar.update(len(rows))
+    bar.close()
     return Labelled(hits / len(tokens), [f"L{la}H{h}" for la, h in chosen], unit="top-1 copying accuracy",
                     axes=("head",), meta={"circuit": "W_E @ W_V @ W_O @ W_U (norms folded)", "n_tokens": len(tokens),
                                           "norm": SCALE_NOTE, "bias": COPYING_BIAS_NOTE})
@@ -308,6 +336,12 @@ def frobenius_composition(
 ) -> Float[Tensor, "s r"]:
     """``||(A1 B1)(A2 B2)||_F / (||A1 B1||_F ||A2 B2||_F)`` for every (s, r), from d_head-sized Gram matrices:
     ``||A M B||_F^2 = tr(M^T (A^T A) M (B B^T))`` with ``M = B1 A2``, so no d_model x d_model product is formed."""
+    shapes = [tuple(t.shape) for t in (A1, B1, A2, B2)]
+    if any(t.ndim != 3 for t in (A1, B1, A2, B2)) or A1.shape[:1] + A1.shape[2:] != B1.shape[:2] or \
+            A2.shape[:1] + A2.shape[2:] != B2.shape[:2] or B1.shape[-1] != A2.shape[1] or A1.shape[1] != B2.shape[-1]:
+        raise ValueError(f"frobenius_composition got shapes {shapes}; expected A1 [s, d_model, d_head], B1 [s, d_head, "
+                         "d_model], A2 [r, d_model, e], B2 [r, e, d_model] (one sender and one receiver factor pair "
+                         "per head, the same d_model).")
     g_a1, g_b1 = A1.transpose(-1, -2) @ A1, B1 @ B1.transpose(-1, -2)  # [s, d, d]
     g_a2, g_b2 = A2.transpose(-1, -2) @ A2, B2 @ B2.transpose(-1, -2)  # [r, e, e]
     m = torch.einsum("sdm,rme->srde", B1, A2)
@@ -323,8 +357,11 @@ def composition_scores(weights: CircuitWeights, kind: str, *, sender_layer: int,
 
     The sender writes ``x @ OV_s``; the receiver reads it through its query (Q: ``OV_s @ QK_r``), its key
     (K: ``OV_s @ QK_r.T``) or its value (V: ``OV_s @ OV_r``). The score is that product's Frobenius norm divided
-    by the two factors' norms: 1 when the sender writes exactly where the receiver reads, about
-    ``1/sqrt(d_model)`` for unrelated random matrices (compare with :func:`composition_baseline`). Layers need
+    by the two factors' norms. It is at most 1 (Cauchy-Schwarz) and reaches 1 only when both products are rank 1
+    and aligned; two aligned rank-k maps with flat spectra (all k singular values equal) score ``1/sqrt(k)``
+    (``1/sqrt(d_head)`` for full-rank heads; uneven spectra can score higher). Unrelated random directions score
+    about ``1/sqrt(d_model)`` (compare with :func:`composition_baseline`, and, for a null that keeps each
+    matrix's spectrum, :func:`rotated_composition_null`). Layers need
     not be adjacent: the residual stream carries layer 0's output to every later layer. Returns ``Labelled``
     over sender heads, axes (sender head, receiver head).
     """
@@ -332,6 +369,10 @@ def composition_scores(weights: CircuitWeights, kind: str, *, sender_layer: int,
     kind = str(kind).upper()
     if kind not in COMPOSITION_KINDS:
         raise ValueError(f"kind={kind!r}: expected one of {COMPOSITION_KINDS} (query, key or value composition).")
+    if kind in ("Q", "K") and w.rotary:
+        raise ValueError(f"{kind}-composition on a rotary model: the query and key are rotated by position before "
+                         "they meet, so W_Q W_K^T is not the bilinear form the head applies and the score would "
+                         "mislead. Use V-composition, or a model with learned absolute positions (GPT-2).")
     ls, lr = w.head((sender_layer, 0))[0], w.head((receiver_layer, 0))[0]
     if lr <= ls:
         raise ValueError(f"receiver_layer={receiver_layer} is not after sender_layer={sender_layer}: a head can only "
@@ -370,6 +411,47 @@ def composition_baseline(weights: CircuitWeights, *, n_seeds: int = 10, seed: in
                           "seed_means": values.mean(1), "shapes": f"[{d_model}, {d_head}] x [{d_head}, {d_model}]"})
 
 
+def haar_orthogonal(n: int, generator: torch.Generator) -> Float[Tensor, "n n"]:
+    """A Haar-random ``n x n`` orthogonal matrix: QR of a Gaussian matrix with the signs of R's diagonal fixed."""
+    q, r = torch.linalg.qr(torch.randn(n, n, generator=generator))
+    return q * torch.sign(torch.diagonal(r))[None, :]
+
+
+@torch.no_grad()
+def rotated_composition_null(
+    weights: CircuitWeights, kind: str, *, sender_layer: int, receiver_layer: int, n_seeds: int = 20, seed: int = 0
+) -> Labelled:
+    """A null for :func:`composition_scores` that keeps every matrix's spectrum: per seed, the sender's write
+    factor ``W_O`` is rotated by one Haar-random orthogonal ``R`` in d_model (``OV_s -> OV_s @ R``: the same
+    singular values and norm, the alignment with the receiver destroyed), and the scores recomputed.
+
+    Unlike :func:`composition_baseline` (iid Gaussian factors, flat-ish spectra), this asks the question the
+    score is meant to answer: does the sender write *where* the receiver reads, beyond what its spectrum alone
+    gives? Returns ``Labelled`` over sender heads, axes (head, receiver), values the real scores in null sds
+    (``(real - mean) / sd`` per pair, sample sd over seeds); ``meta`` holds ``real``, ``mean``, ``sd`` (each
+    [sender, receiver]) and ``null`` [seed, sender, receiver].
+    """
+    w = _check_weights(weights)
+    if n_seeds < 2:
+        raise ValueError(f"n_seeds={n_seeds}: need at least 2 seeds to measure a spread.")
+    real = composition_scores(w, kind, sender_layer=sender_layer, receiver_layer=receiver_layer)
+    kind = real.meta["kind"]
+    ls, lr = w.head((sender_layer, 0))[0], w.head((receiver_layer, 0))[0]
+    a2, b2 = _factors(w, lr, kind)
+    d_model = w.W_O.shape[-1]
+    null = []
+    for s in tqdm(range(n_seeds), desc=f"{kind}-composition null (rotations)", disable=n_seeds < 50):
+        rot = haar_orthogonal(d_model, torch.Generator().manual_seed(seed + s)).to(w.W_O)
+        null.append(frobenius_composition(w.W_V[ls], w.W_O[ls] @ rot, a2, b2).cpu())
+    null = torch.stack(null)
+    mean, sd = null.mean(0), null.std(0)
+    return Labelled((real.values - mean) / sd, real.labels, unit=f"{kind}-composition, sds above the rotated null",
+                    axes=("head", "receiver"),
+                    meta={"kind": kind, "receivers": real.meta["receivers"], "real": real.values, "mean": mean,
+                          "sd": sd, "null": null, "n_seeds": n_seeds,
+                          "null_kind": "sender's W_O rotated by Haar-random orthogonal matrices in d_model"})
+
+
 def all_compositions(weights: CircuitWeights, kind: str) -> dict[tuple[int, int], Labelled]:
     """:func:`composition_scores` for every (sender layer, later receiver layer) pair, keyed by the two layers."""
     w = _check_weights(weights)
@@ -377,6 +459,7 @@ def all_compositions(weights: CircuitWeights, kind: str) -> dict[tuple[int, int]
             for ls in range(w.n_layers) for lr in range(ls + 1, w.n_layers)}
 
 
-__all__ = ["COMPOSITION_KINDS", "CircuitWeights", "all_compositions", "circuit_weights", "composition_baseline",
-           "composition_scores", "frobenius_composition", "head_ov", "head_qk", "norm_params", "ov_copying_accuracy",
-           "ov_eigen_copying_score", "positional_pattern"]
+__all__ = ["CITATIONS", "COMPOSITION_KINDS", "GPT2_INDUCTION_CIRCUIT", "CircuitWeights", "all_compositions",
+           "circuit_weights", "composition_baseline", "composition_scores", "frobenius_composition",
+           "haar_orthogonal", "head_ov", "head_qk", "norm_params", "ov_copying_accuracy", "ov_eigen_copying_score",
+           "positional_pattern", "rotated_composition_null"]

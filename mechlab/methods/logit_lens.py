@@ -94,7 +94,8 @@ def logit_lens(
     """The logits the residual stream would give before each layer and at the end, read at ``pos``.
 
     Rows ``L{l} resid_pre`` (the stream entering layer ``l``; ``L0 resid_pre`` is the embeddings) and ``final
-    resid`` (the model's own logits). Returns ``Labelled`` with values [row, batch, d_vocab], unit "logit".
+    resid`` (the model's own logits). A model with ``cfg.output_logits_soft_cap`` (Gemma 2) has every row
+    soft-capped as its own logits are. Returns ``Labelled`` with values [row, batch, d_vocab], unit "logit".
     """
     tokens = check_tokens(model, tokens, "logit_lens")
     batch, n_pos = tokens.shape
@@ -104,6 +105,7 @@ def logit_lens(
     b_u = getattr(model, "b_U", None)
     b_u = b_u.detach().float() if isinstance(b_u, Tensor) else torch.zeros(model.cfg.d_vocab, device=w_u.device)
     eps = float(getattr(model.cfg, "eps", 1e-5))
+    cap = float(getattr(model.cfg, "output_logits_soft_cap", -1.0) or -1.0)
     names = [hook_name("resid_pre", layer) for layer in range(model.cfg.n_layers)] + ["ln_final.hook_in"]
     rows = []
     for name in names:
@@ -111,7 +113,10 @@ def logit_lens(
         if centres:
             resid = resid - resid.mean(-1, keepdim=True)
         normed = resid / (resid.pow(2).mean(-1, keepdim=True) + eps).sqrt() * weight + bias
-        rows.append(normed @ w_u + b_u)
+        logits = normed @ w_u + b_u
+        if cap > 0:  # Gemma 2: the model's own logits are cap * tanh(logits / cap)
+            logits = cap * torch.tanh(logits / cap)
+        rows.append(logits)
     labels = [f"L{layer} resid_pre" for layer in range(model.cfg.n_layers)] + ["final resid"]
     return Labelled(torch.stack(rows).cpu(), labels, unit="logit", axes=("layer", "batch", "d_vocab"),
                     meta={"method": "logit lens", "scale": LENS_SCALE_NOTE})
@@ -126,6 +131,8 @@ def answer_ranks(lens: Labelled, answer: Int[Tensor, " batch"]) -> Labelled:
                          f"{type(lens).__name__} {tuple(getattr(getattr(lens, 'values', None), 'shape', ()))}.")
     _, batch, d_vocab = lens.values.shape
     ids = torch.as_tensor(answer)
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise ValueError(f"answer must be integer token ids; got dtype {ids.dtype}. Pass e.g. torch.tensor([5, 7]).")
     if ids.ndim > 1 or (ids.ndim == 1 and len(ids) != batch) or int(ids.min()) < 0 or int(ids.max()) >= d_vocab:
         raise ValueError(f"answer must hold one token id in 0..{d_vocab - 1} per prompt ({batch}); got {answer!r}.")
     ids = ids.long().expand(batch).cpu()
@@ -151,6 +158,11 @@ def layer_decomposition(
     norm's scale frozen at this run's value. Rows ``embed``, ``pos_embed`` (learned positions only), ``L{l}
     attn``, ``L{l} mlp``, ``bias``; values [row, batch] summing to the model's logit difference
     (``meta["logit_diff"]``, per prompt)."""
+    cap = float(getattr(model.cfg, "output_logits_soft_cap", -1.0) or -1.0)
+    if cap > 0:
+        raise ValueError(f"layer_decomposition: this model soft-caps its logits (cap * tanh(logits / cap), cap {cap}), "
+                         "so the logit difference is not a sum over what each layer wrote. Decompose a model without "
+                         "output_logits_soft_cap (GPT-2, the organism), or read the pre-cap difference yourself.")
     tokens = check_tokens(model, tokens, "layer_decomposition")
     batch, n_pos = tokens.shape
     good, bad = _check_ids(model, correct, batch, "correct"), _check_ids(model, incorrect, batch, "incorrect")

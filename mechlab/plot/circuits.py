@@ -17,25 +17,39 @@ def composition_graph(
     threshold: float,
     title: str = "",
     marked: Sequence[str] = (),
+    top_k: int | None = 3,
 ) -> go.Figure:
-    """Heads as nodes (layer on x, head on y), an edge for every (sender, receiver) score above ``threshold``,
-    its width growing with the excess; ``marked`` heads (e.g. published induction heads) drawn in red.
+    """Heads as nodes (layer on x, head on y), an edge for each (sender, receiver) score above ``threshold``,
+    keeping at most ``top_k`` senders per receiver (None: all), drawn in one trace broken by ``None``s so that a
+    GPT-2 graph stays a few traces; three width bands by excess. ``marked`` heads are drawn in red.
 
     ``scores`` is what ``mechlab.methods.circuits.all_compositions`` returns: {(sender_layer, receiver_layer):
     Labelled [sender head, receiver head]}.
     """
-    fig = go.Figure()
-    top = max((float(r.values.max()) for r in scores.values()), default=threshold)
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k={top_k}: expected a positive number of senders per receiver, or None for all.")
+    edges = []  # (value, ls, s, lr, r)
     for (ls, lr), result in scores.items():
         for s in range(result.values.shape[0]):
-            for r in range(result.values.shape[1]):
-                value = float(result.values[s, r])
-                if value <= threshold:
-                    continue
-                width = 1 + 6 * (value - threshold) / max(top - threshold, 1e-9)
-                fig.add_trace(go.Scatter(x=[ls, lr], y=[s, r], mode="lines", line=dict(width=width, color="gray"),
-                                         opacity=0.6, hoverinfo="text", showlegend=False,
-                                         text=f"L{ls}H{s} -> L{lr}H{r}: {value:.3f}"))
+            edges.extend((float(result.values[s, r]), ls, s, lr, r) for r in range(result.values.shape[1]))
+    per_receiver: dict[tuple[int, int], list] = {}
+    for edge in edges:
+        if edge[0] > threshold:
+            per_receiver.setdefault((edge[3], edge[4]), []).append(edge)
+    kept = [e for group in per_receiver.values() for e in sorted(group, reverse=True)[:top_k]]
+    top = max((e[0] for e in kept), default=threshold)
+    fig = go.Figure()
+    for band, width in enumerate((1.0, 3.0, 6.0)):
+        lo, hi = threshold + (top - threshold) * band / 3, threshold + (top - threshold) * (band + 1) / 3
+        chosen = [e for e in kept if lo < e[0] <= hi or (band == 0 and e[0] == lo)]
+        if not chosen:
+            continue
+        xs, ys = [], []
+        for _, ls, s, lr, r in chosen:
+            xs += [ls, lr, None]
+            ys += [s, r, None]
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line=dict(width=width, color="gray"), opacity=0.6,
+                                 hoverinfo="skip", name=f"{lo:.3f}-{hi:.3f}", showlegend=True))
     names = [f"L{la}H{h}" for la in range(n_layers) for h in range(n_heads)]
     fig.add_trace(go.Scatter(x=[la for la in range(n_layers) for _ in range(n_heads)],
                              y=[h for _ in range(n_layers) for h in range(n_heads)], mode="markers+text",
