@@ -63,6 +63,17 @@ def _swapped_hook(clean_z, corrupted_z, heads):
     return _good_hook(corrupted_z, clean_z, heads)
 
 
+def test_an_in_place_edit_is_named_and_undone_for_the_next_check():
+    def edits_the_clean_tokens(model, clean, corrupted, metric, sender):
+        out = _by_hand(model, clean.clone(), corrupted, metric, sender)
+        clean[:, 1] = 7  # the slip: writing into an input tensor (here the cached clean tokens)
+        return out
+
+    with pytest.raises(CheckFailed, match="edited in place"):
+        unit05b.check_path_patch_to_logits(edits_the_clean_tokens)
+    unit05b.check_path_patch_to_logits(_by_hand)  # the shared cases were restored
+
+
 def test_freeze_hook_reference_passes():
     unit05b.check_freeze_hook(unit05b.reference_freeze_hook)
     unit05b.check_freeze_hook(_good_hook)
@@ -88,12 +99,12 @@ def _caches(model, tokens):
 
 
 def _by_hand(model, clean, corrupted, metric, sender, receivers=None, *, sign=1, swap=False, no_return=False,
-             mlps=True, freeze=True, all_heads=False):
+             mlps=True, freeze=True, all_heads=False, baseline=True, step_2=True):
     if swap:
         clean, corrupted = corrupted, clean
     clean_logits, cc = _caches(model, clean)
     _, xc = _caches(model, corrupted)
-    base = metric(clean_logits)  # the run the patches go into (the corrupted one when swapped)
+    base = metric(clean_logits) if baseline else 0.0  # the run patched into (the corrupted one when swapped)
     sl, sh = sender
     hooks = []
     for layer in range(model.cfg.n_layers):
@@ -112,7 +123,7 @@ def _by_hand(model, clean, corrupted, metric, sender, receivers=None, *, sign=1,
             hooks.append((f"blocks.{layer}.hook_mlp_out", lambda act, hook, layer=layer:
                           cc[f"blocks.{layer}.hook_mlp_out"].clone()))
     with torch.no_grad():
-        if receivers is None:
+        if receivers is None or not step_2:
             return sign * (metric(model.run_with_hooks(clean, fwd_hooks=hooks)) - base)
         layer = receivers[0][0]
         heads = list(range(model.cfg.n_heads)) if all_heads else [h for _, h in receivers]
@@ -137,6 +148,7 @@ def test_path_patch_to_logits_reference_passes():
     ({"no_return": True}, "returns nothing"),
     ({"mlps": False}, "MLPs were recomputed"),
     ({"freeze": False}, "nothing was frozen"),
+    ({"baseline": False}, "clean run's metric was not subtracted"),
 ])
 def test_path_patch_to_logits_names_the_mistake(mistake, named):
     with pytest.raises(CheckFailed, match=named):
@@ -152,6 +164,8 @@ def test_path_patch_to_queries_reference_passes():
     ({"swap": True}, "noising and denoising are swapped"),
     ({"mlps": False}, "MLPs were recomputed"),
     ({"all_heads": True}, "every head in the receivers' layer"),
+    ({"baseline": False}, "clean run's metric was not subtracted"),
+    ({"step_2": False}, "step 2 is missing"),
 ])
 def test_path_patch_to_queries_names_the_mistake(mistake, named):
     with pytest.raises(CheckFailed, match=named):

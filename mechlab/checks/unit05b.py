@@ -26,7 +26,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 
 import torch
@@ -54,6 +54,10 @@ MLPS_RECOMPUTED = "the MLPs were recomputed: freeze every MLP's output (hook_mlp
 NOT_FROZEN = ("nothing was frozen: this is activation patching of the sender (its total effect); freeze every other "
               "head's z at its clean value")
 ALL_HEADS = "the queries of every head in the receivers' layer were patched, not only the receivers'"
+NO_BASELINE = ("the clean run's metric was not subtracted: return metric(patched) - metric(clean), the change, not "
+               "the patched metric itself")
+NO_STEP_2 = ("step 2 is missing: this is the metric of the freezing run (the sender's direct path to the logits); "
+             "record the receivers' queries there, then run the clean prompts again with only those queries patched")
 
 
 @lru_cache(maxsize=3)
@@ -72,7 +76,7 @@ def _named(got, want: Tensor, variants: dict[str, Tensor], what: str, atol: floa
     return problem
 
 
-def _run(fn: Callable, name: str, cases: list[tuple[Case, Tensor, dict[str, Tensor], list[Tensor]]],
+def _run(fn: Callable, name: str, cases: Sequence[tuple[Case, Tensor, dict[str, Tensor], list[Tensor]]],
          what: str, atol: float, call=None) -> None:
     for case, want, variants, watched in cases:
         before = [t.clone() for t in watched]
@@ -82,7 +86,12 @@ def _run(fn: Callable, name: str, cases: list[tuple[Case, Tensor, dict[str, Tens
             raise CheckFailed(f"{name}: not implemented yet (the function still raises NotImplementedError).") from None
         except Exception as err:
             raise CheckFailed(f"{name}: case {case.name!r} raised {type(err).__name__}: {err}") from err
-        if any(not torch.equal(a, b) for a, b in zip(before, watched, strict=True)):
+        finally:
+            edited = [not torch.equal(a, b) for a, b in zip(before, watched, strict=True)]
+            for was, tensor, bad in zip(before, watched, edited, strict=True):
+                if bad:  # undo the edit: the cases are built once and shared by every later check
+                    tensor.copy_(was)
+        if any(edited):
             raise CheckFailed(f"{name}: case {case.name!r}: {IN_PLACE}.")
         problem = _named(got, want, variants, what, atol)
         if problem:
@@ -194,7 +203,9 @@ def _activation_patch(model, clean, corrupted, metric, sender) -> Tensor:
     return run_patches(model, clean, [Patch(name, sender[1])], cache, metric, progress=False)[0] - m_clean
 
 
-def _pp_cases(to_queries: bool):
+@lru_cache(maxsize=2)
+def _pp_cases(to_queries: bool) -> tuple:
+    """Built once per session (a dozen path-patching runs); ``_run`` restores any input a learner edits."""
     out = []
     problems = [("organism", _ioi())]
     if not to_queries:
@@ -206,12 +217,14 @@ def _pp_cases(to_queries: bool):
                                                                             torch.tensor([9, 10])))))
     for name, (clean, corrupted, metric) in problems:
         model = _organism() if name == "organism" else _model(name)
-        senders = [(1, 0), (0, 3)] if to_queries else [(1, 0), (model.cfg.n_layers - 1, 0)]
+        # to the logits: a sender in layer 0 (MLPs and a later layer's heads to freeze) and one in the last layer
+        senders = [(1, 0), (0, 3)] if to_queries else [(0, 1), (model.cfg.n_layers - 1, 0)]
         for sender in senders:
             kw = {"receivers": [(2, 0), (2, 1), (2, 3)], "receiver_input": "q"} if to_queries else {}
             with torch.no_grad():
                 want = _pp(model, clean, corrupted, metric, sender, **kw)
-                variants = {SIGN: -want, NO_RETURN: torch.zeros_like(want),
+                _, m_clean = cache_acts(model, clean, set(), metric)
+                variants = {SIGN: -want, NO_RETURN: torch.zeros_like(want), NO_BASELINE: want + m_clean.cpu(),
                             MLPS_RECOMPUTED: _pp(model, clean, corrupted, metric, sender, freeze_mlps=False, **kw)}
                 swapped = _swapped(model, clean, corrupted, metric, sender, **kw)
                 variants[SWAPPED] = swapped[0]
@@ -219,12 +232,13 @@ def _pp_cases(to_queries: bool):
                 if to_queries:
                     kw_all = dict(kw, receivers=[(2, h) for h in range(model.cfg.n_heads)])
                     variants[ALL_HEADS] = _pp(model, clean, corrupted, metric, sender, **kw_all)
+                    variants[NO_STEP_2] = _pp(model, clean, corrupted, metric, sender)
                 else:
                     variants[NOT_FROZEN] = _activation_patch(model, clean, corrupted, metric, sender)
             args = (model, clean, corrupted, metric, sender) + ((kw["receivers"],) if to_queries else ())
             label = f"{name}, sender L{sender[0]}H{sender[1]}"
             out.append((Case(label, args), want, variants, [clean, corrupted]))
-    return out
+    return tuple(out)
 
 
 def check_path_patch_to_logits(fn: Callable) -> None:

@@ -13,8 +13,7 @@ The algorithm (noising: corrupted sender values into the clean run; rows are sen
        outputs and the final norm's scale);
     2. patched run on the clean prompts: the sender's ``z`` takes its corrupted value, **every other head's ``z`` is
        frozen at its clean value**, and the MLPs are frozen at their clean outputs (``freeze_mlps=True``, the
-       default) or recomputed (``freeze_mlps=False``, the convention of Wang et al. 2022, where a path through an
-       MLP counts as direct);
+       default) or recomputed (``freeze_mlps=False``);
     3. receivers = "logits": the metric of that patched run is the answer (``freeze_final_scale=True`` also
        freezes the final norm's scale at the clean run's, which makes the result exactly the sender's DLA
        difference); receivers = heads: record the receivers' q / k / v inputs in the patched run, then run the
@@ -24,6 +23,15 @@ The algorithm (noising: corrupted sender values into the clean run; rows are sen
 Freezing a head's ``z`` freezes its output ``z @ W_O + b_O`` (linear), so step 2 holds every head-to-head path at
 its clean value: the receivers see the clean residual stream plus the sender's change (plus what the recomputed MLPs
 make of it, when they are not frozen).
+
+What each convention measures. Wang et al. (2022, "Interpretability in the Wild") freeze the other *attention heads*
+at their clean values; replications of their IOI work (ARENA's, TransformerLens demos) let the MLPs recompute.
+``freeze_mlps=False`` is that: the edge sender -> receiver then includes every path sender -> MLP(s) -> receiver,
+so an MLP that reads the sender (or repairs its loss) is counted inside the edge. ``freeze_mlps=True`` is the strict
+edge of Goldowsky-Dill et al. (2023, "Localizing model behavior with path patching"): only the path sender ->
+residual stream -> receiver carries the corrupted value, every other path (through MLPs too) sees clean inputs.
+The norms before the receivers (and, for "logits", the final norm unless ``freeze_final_scale``) are recomputed in
+both: their scale is a function of the whole residual stream, so it moves a little with the sender.
 
 Multi-query / grouped-query models (Gemma has one K/V head per layer): a receiver's key and value come from the
 K/V head its group shares, so a ``"k"`` or ``"v"`` receiver patches that shared K/V head, which changes every query
@@ -199,8 +207,9 @@ def path_patching(
             ``(0, 1)``; one row each) or of lists of heads (patched together, labelled ``'L0H1+L0H2'``).
         receivers: ``"logits"`` or a list of receiver heads, all in layers after every sender.
         receiver_input: ``"q"``, ``"k"``, ``"v"`` or a tuple of them (head receivers only).
-        freeze_mlps: True holds every MLP at its clean output (only head-to-receiver paths through the residual
-            stream move); False lets MLPs recompute (Wang et al.'s convention).
+        freeze_mlps: True holds every MLP at its clean output (only the direct sender -> receiver path through the
+            residual stream moves: Goldowsky-Dill et al.'s edge); False lets MLPs recompute (paths through MLPs
+            count as part of the edge, as in common replications of Wang et al.).
         freeze_final_scale: ``"logits"`` only: hold the final norm's scale at the clean run's value.
         effect: subtract the clean run's metric (noising: an important path gives a negative value).
 
