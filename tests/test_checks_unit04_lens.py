@@ -38,6 +38,10 @@ def test_lens_checker():
         unit04.check_logit_lens(lens_no_centring)
     with pytest.raises(CheckFailed, match="last stream's scale"):
         unit04.check_logit_lens(lens_last_scale)
+    with pytest.raises(CheckFailed, match="no norm at all"):
+        unit04.check_logit_lens(lambda resid, w, b, W_U, b_U, eps: resid @ W_U + b_U)
+    with pytest.raises(CheckFailed, match="weight and bias left out"):
+        unit04.check_logit_lens(lambda resid, w, b, W_U, b_U, eps: lens_torch(resid, None, None, W_U, b_U, eps))
 
 
 def contributions_no_scale(outputs, direction, w, scale):
@@ -56,6 +60,8 @@ def test_layer_contributions_checker():
         unit04.check_layer_contributions(contributions_no_scale)
     with pytest.raises(CheckFailed, match="norm weight not folded"):
         unit04.check_layer_contributions(contributions_no_weight)
+    with pytest.raises(CheckFailed, match="no centring"):
+        unit04.check_layer_contributions(lambda o, d, w, scale: torch.einsum("cbm,bm->cb", o / scale * w, d))
 
 
 def test_references_agree_with_the_library(gpt2_like):

@@ -136,43 +136,27 @@ def _lens_cases() -> list[Case]:
     return cases
 
 
-def _lens_mistakes(resid, w, b, W_U, b_U, eps) -> dict[str, Tensor]:
-    centred = resid - resid.mean(-1, keepdim=True)
-    own = (centred.pow(2).mean(-1, keepdim=True) + eps).sqrt()
-    return {
-        "no norm at all (the raw stream unembedded)": resid @ W_U + b_U,
-        "no centring (LayerNorm subtracts the mean first)":
-            (resid / (resid.pow(2).mean(-1, keepdim=True) + eps).sqrt() * w + b) @ W_U + b_U,
-        "the last stream's scale used for every layer (that is the frozen-scale DLA, not the lens)":
-            (centred / own[-1:] * w + b) @ W_U + b_U,
-        "the norm's weight and bias left out": (centred / own) @ W_U + b_U,
-    }
+def _lens_normed(resid: Tensor, eps: float, *, centre: bool = True, own_scale: bool = True) -> Tensor:
+    centred = resid - resid.mean(-1, keepdim=True) if centre else resid
+    scale = (centred.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+    return centred / (scale if own_scale else scale[-1:])
 
 
-def _run_naming_mistakes(fn: Callable, reference: Callable, case: Case, name: str,
-                         mistakes: dict[str, Tensor]) -> None:
-    """run_cases on one case; when it fails and the learner's output equals a known mistake, say which."""
-    try:
-        run_cases(fn, reference, [case], name=name, verbose=False)
-    except AssertionError as err:  # CheckFailed
-        try:
-            got = fn(*[a.clone() if isinstance(a, Tensor) else a for a in case.args])
-        except Exception:
-            raise err from None
-        for what, wrong in mistakes.items():
-            if isinstance(got, Tensor) and got.shape == wrong.shape and torch.allclose(
-                    got.float(), wrong.float(), atol=1e-5, rtol=1e-4):
-                raise type(err)(f"{err} Your output is exactly what {what} gives.") from None
-        raise
+_LENS_MISTAKES = {
+    "no norm at all (the raw stream unembedded)": lambda resid, w, b, W_U, b_U, eps: resid @ W_U + b_U,
+    "no centring (LayerNorm subtracts the mean first)":
+        lambda resid, w, b, W_U, b_U, eps: (_lens_normed(resid, eps, centre=False) * w + b) @ W_U + b_U,
+    "the last stream's scale used for every layer (that is the frozen-scale DLA, not the lens)":
+        lambda resid, w, b, W_U, b_U, eps: (_lens_normed(resid, eps, own_scale=False) * w + b) @ W_U + b_U,
+    "the norm's weight and bias left out": lambda resid, w, b, W_U, b_U, eps: _lens_normed(resid, eps) @ W_U + b_U,
+}
 
 
 def check_logit_lens(fn: Callable) -> None:
     """``fn(resid, ln_weight, ln_bias, W_U, b_U, eps)``: ``resid`` [layer, batch, d_model] holds the stream at one
     position after each layer; return the logits [layer, batch, d_vocab] each would give through the final
     LayerNorm (its own scale) and the unembedding."""
-    for case in _lens_cases():
-        _run_naming_mistakes(fn, logit_lens_by_hand, case, "check_logit_lens", _lens_mistakes(*case.args))
-    print("check_logit_lens: passed 2 cases.")
+    run_cases(fn, logit_lens_by_hand, _lens_cases(), name="check_logit_lens", mistakes=_LENS_MISTAKES)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -198,16 +182,12 @@ def check_layer_contributions(fn: Callable) -> None:
         outputs = _randn(c, b, dm, seed=seed) + 2.0  # a mean for the centring to remove
         cases.append(Case(name, (outputs, _randn(b, dm, seed=seed + 1), 1 + 0.3 * _randn(dm, seed=seed + 2),
                                  0.5 + torch.rand(b, 1, generator=torch.Generator().manual_seed(seed + 3)) * 3)))
-    for case in cases:
-        outputs, direction, w, scale = case.args
-        centred = outputs - outputs.mean(-1, keepdim=True)
-        mistakes = {
-            "the frozen scale left out": torch.einsum("cbm,bm->cb", centred * w, direction),
-            "no centring": torch.einsum("cbm,bm->cb", outputs / scale * w, direction),
-            "the norm weight not folded into the direction": torch.einsum("cbm,bm->cb", centred / scale, direction),
-        }
-        _run_naming_mistakes(fn, layer_contributions, case, "check_layer_contributions", mistakes)
-    print(f"check_layer_contributions: passed {len(cases)} cases.")
+    run_cases(fn, layer_contributions, cases, name="check_layer_contributions", mistakes={
+        "the frozen scale left out": lambda o, d, w, scale: layer_contributions(o, d, w, torch.ones_like(scale)),
+        "no centring": lambda o, d, w, scale: torch.einsum("cbm,bm->cb", o / scale * w, d),
+        "the norm weight not folded into the direction":
+            lambda o, d, w, scale: layer_contributions(o, d, torch.ones_like(w), scale),
+    })
 
 
 __all__ += ["check_layer_contributions", "check_logit_lens", "layer_contributions", "logit_lens_by_hand"]
