@@ -22,9 +22,9 @@ from mechlab.methods.self_repair import (
     mean_direct_effects,
     norm_share,
     reliable_slopes,
-    slope_reliability,
     select_points,
     self_repair_sweep,
+    slope_reliability,
     slopes_grid,
     top_token_effects,
 )
