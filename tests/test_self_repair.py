@@ -24,6 +24,7 @@ from mechlab.methods.self_repair import (
     reliable_slopes,
     select_points,
     self_repair_sweep,
+    slope_reliability,
     slopes_grid,
     top_token_effects,
 )
@@ -364,6 +365,41 @@ def test_top_token_effects_and_reliable_slopes():
     assert set(kept.meta["dropped"]) == set(result.labels) - set(kept.labels)
     with pytest.raises(ValueError, match="lower min_effect"):
         reliable_slopes(slopes, eff, min_effect=1e3)
+
+
+def test_slope_reliability_names_each_failed_test():
+    # five heads built to fail one test each (or none): y = a * x + b + noise on 200 points
+    gen = torch.Generator().manual_seed(5)
+    labels = ["L0H0", "L0H1", "L0H2", "L0H3", "L1H0"]
+    base = 1.0 + torch.rand(5, 4, 50, generator=gen)  # x in [1, 2]: far from 0
+    x = base * torch.tensor([1.0, 0.01, 1.0, 1.0, 1.0])[:, None, None]
+    a = torch.tensor([0.5, 0.5, -3.0, 0.0, -0.5])
+    b = torch.tensor([0.0, 0.0, 0.0, 0.0, 2.0])
+    noise = torch.randn(5, 4, 50, generator=gen) * torch.tensor([0.01, 0.0001, 0.01, 0.3, 0.01])[:, None, None]
+    heads = a[:, None, None] * x + b[:, None, None] + noise
+    zero = torch.zeros(5, 4, 50)
+    parts = {p: Labelled(zero.clone(), labels, axes=("ablated", "batch", "pos")) for p in PARTS}
+    parts["heads"] = Labelled(heads, labels, axes=("ablated", "batch", "pos"))
+    clean = Labelled(torch.cat([x, torch.zeros(1, 4, 50)]), labels + ["L1 mlp"], axes=("component", "batch", "pos"))
+    result = SelfRepair(**parts, clean=clean, groups=[[lab] for lab in labels])
+    rel = slope_reliability(result, top_percent=100, min_effect=0.5, n_boot=500)
+    assert rel.reasons["L0H0"] == [] and rel.reliable == ["L0H0"]
+    assert rel.reasons["L0H1"] == ["direct effect under 0.500"]
+    assert rel.reasons["L0H2"] == ["|slope| over 1"]
+    assert "CI includes 0" in rel.reasons["L0H3"]
+    assert rel.reasons["L1H0"] == ["sign flips through the origin"]
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        xs, ys = x[i].flatten().double().numpy(), heads[i].flatten().double().numpy()
+        assert abs(float(rel.slope[i]) - np.polyfit(xs, ys, 1)[0]) < 1e-6
+        assert abs(float(rel.slope_origin[i]) - (xs @ ys) / (xs @ xs)) < 1e-6
+        boot = [np.polyfit(xs[j], ys[j], 1)[0] for j in rng.integers(0, xs.size, (300, xs.size))]
+        lo, hi = np.quantile(boot, [0.025, 0.975])
+        width = hi - lo
+        assert abs(float(rel.ci_low[i]) - lo) < 0.3 * width and abs(float(rel.ci_high[i]) - hi) < 0.3 * width
+    assert "L0H2: top-token direct effect" in rel.line("L0H2") and "|slope| over 1" in rel.line("L0H2")
+    with pytest.raises(ValueError, match="0 < level < 1"):
+        slope_reliability(result, top_percent=100, min_effect=0.5, level=1.5)
 
 
 def test_backup_fit_equals_backup_slopes_and_numpy():

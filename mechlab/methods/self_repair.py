@@ -546,6 +546,79 @@ def reliable_slopes(slopes: Labelled, effects: Labelled, *, min_effect: float) -
 
 
 @dataclass
+class SlopeReliability:
+    """Per group: the evidence behind its backup slope and the tests it failed (:func:`slope_reliability`)."""
+
+    labels: list[str]
+    effect: Tensor  # [group] mean clean direct effect on the fitted points (top tokens)
+    slope: Tensor  # [group] least-squares slope with an intercept
+    slope_origin: Tensor  # [group] the same fit through the origin
+    ci_low: Tensor  # [group] bootstrap confidence interval of ``slope``
+    ci_high: Tensor
+    reasons: dict[str, list[str]]  # label -> the tests it failed (empty: reliable)
+    rule: dict  # min_effect, max_abs, level, n_boot, seed, top_percent
+
+    @property
+    def reliable(self) -> list[str]:
+        return [lab for lab in self.labels if not self.reasons[lab]]
+
+    def line(self, label: str) -> str:
+        """One printable line: the numbers and, if it failed, why."""
+        i = self.labels.index(label)
+        why = "; ".join(self.reasons[label]) or "reliable"
+        return (f"{label}: top-token direct effect {float(self.effect[i]):.3f}, slope {float(self.slope[i]):+.2f} "
+                f"({100 * self.rule['level']:.0f} % CI [{float(self.ci_low[i]):+.2f}, {float(self.ci_high[i]):+.2f}]"
+                f", through the origin {float(self.slope_origin[i]):+.2f}): {why}")
+
+
+def slope_reliability(result: SelfRepair, *, top_percent: float, min_effect: float, max_abs: float = 1.0,
+                      level: float = 0.95, n_boot: int = 1000, seed: int = 0, which: str = "heads",
+                      ) -> SlopeReliability:
+    """Which backup slopes (:func:`backup_slopes` with ``top_percent``) the data can support.
+
+    A slope is reliable only if all four tests pass:
+
+    - **effect**: the head's mean direct effect on its fitted points is at least ``min_effect`` logits (else the
+      fit divides noise by almost nothing);
+    - **range**: ``|slope| <= max_abs`` (a slope of +1 means the later components make up the whole loss);
+    - **sign settled**: the ``level`` bootstrap interval of the slope (``n_boot`` resamples of the fitted points,
+      generator seeded with ``seed``) excludes 0;
+    - **intercept-free**: the fit through the origin has the same sign (else the line fits an offset, not a trend).
+    """
+    if not 0 < level < 1 or n_boot < 10 or min_effect < 0 or max_abs <= 0:
+        raise ValueError(f"level={level}, n_boot={n_boot}, min_effect={min_effect}, max_abs={max_abs}; expected "
+                         "0 < level < 1, n_boot >= 10, min_effect >= 0 and max_abs > 0.")
+    gen = torch.Generator().manual_seed(seed)
+    rows, reasons = [], {}
+    for label in result.labels:
+        fit = backup_fit(result, label, which=which, top_percent=top_percent)
+        origin = backup_fit(result, label, which=which, top_percent=top_percent, intercept=False).slope
+        x, y = fit.x[fit.kept].double().cpu(), fit.y[fit.kept].double().cpu()
+        idx = torch.randint(x.numel(), (n_boot, x.numel()), generator=gen)
+        xb, yb = x[idx], y[idx]  # [boot, n]
+        xc = xb - xb.mean(1, keepdim=True)
+        boot = (xc * (yb - yb.mean(1, keepdim=True))).sum(1) / (xc * xc).sum(1).clamp_min(1e-300)
+        low, high = torch.quantile(boot, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=boot.dtype)).tolist()
+        effect = float(x.mean())
+        fails = []
+        if effect < min_effect:
+            fails.append(f"direct effect under {min_effect:.3f}")
+        if abs(fit.slope) > max_abs:
+            fails.append(f"|slope| over {max_abs:g}")
+        if low <= 0 <= high:
+            fails.append("CI includes 0")
+        if fit.slope * origin <= 0:
+            fails.append("sign flips through the origin")
+        reasons[label] = fails
+        rows.append((effect, fit.slope, origin, low, high))
+    cols = torch.tensor(rows, dtype=torch.float64).T
+    return SlopeReliability(labels=list(result.labels), effect=cols[0], slope=cols[1], slope_origin=cols[2],
+                            ci_low=cols[3], ci_high=cols[4], reasons=reasons,
+                            rule={"min_effect": min_effect, "max_abs": max_abs, "level": level, "n_boot": n_boot,
+                                  "seed": seed, "top_percent": top_percent})
+
+
+@dataclass
 class BackupFit:
     """One group's backup scatter and the least-squares line through the points it kept (what
     ``mechlab.plot.self_repair.figure_backup_fit`` draws)."""
@@ -590,5 +663,5 @@ def later_head_changes(result: SelfRepair, label: str) -> Labelled:
                     meta={"ablated": label})
 
 
-__all__ += ["BackupFit", "backup_fit", "later_head_changes", "mean_direct_effects", "reliable_slopes",
-            "top_token_effects"]
+__all__ += ["BackupFit", "SlopeReliability", "backup_fit", "later_head_changes", "mean_direct_effects",
+            "reliable_slopes", "slope_reliability", "top_token_effects"]
