@@ -295,7 +295,8 @@ def _denoise_cases() -> tuple:
             variants = {SIGN: -want, NO_RETURN: torch.zeros_like(want), NO_GAP: per - m_corr,
                         MEAN_GAP: (per - m_corr) / gap.mean(), AGAINST_CLEAN: (per - m_clean) / gap,
                         NOISED: _pp(model, clean, corrupted, metric, sender) / gap,
-                        MLPS_RECOMPUTED_DENOISE: (unfrozen - m_corr) / gap, NOT_FROZEN_DENOISE: (total.cpu() - m_corr) / gap}
+                        MLPS_RECOMPUTED_DENOISE: (unfrozen - m_corr) / gap,
+                        NOT_FROZEN_DENOISE: (total.cpu() - m_corr) / gap}
         out.append((Case(f"organism IOI, sender L{sender[0]}H{sender[1]}", (model, clean, corrupted, metric, sender)),
                     want, variants, [clean, corrupted]))
     return tuple(out)
