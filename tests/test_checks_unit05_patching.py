@@ -26,8 +26,8 @@ def _mean_metric(model, tokens, metric, hooks=()):
 
 def patching_hook(source, pos=None, head=None, *, mistake=None):
     p = slice(None) if pos is None else pos
-    if mistake == "off by one":
-        p = pos + 1
+    if mistake == "off by one" and pos is not None:
+        p = pos + 1  # the learner's off-by-one; a whole-axis patch (pos None) has no position to shift
 
     def hook(act, hook):
         if mistake == "no return":

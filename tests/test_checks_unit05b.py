@@ -170,3 +170,48 @@ def test_path_patch_to_queries_reference_passes():
 def test_path_patch_to_queries_names_the_mistake(mistake, named):
     with pytest.raises(CheckFailed, match=named):
         unit05b.check_path_patch_to_queries(lambda *a: _by_hand(*a, **mistake))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# denoising path patching to the logits, as a fraction of the gap
+
+
+def _restored(model, clean, corrupted, metric, sender, *, gap="own", against="corrupted", **mistake):
+    """By hand: the noising path patch with the runs' roles swapped, divided by each prompt's gap."""
+    with torch.no_grad():
+        m_clean, m_corr = metric(model(clean)), metric(model(corrupted))
+    change = _by_hand(model, corrupted, clean, metric, sender, **mistake)  # patched - corrupted, per prompt
+    if against == "clean":
+        change = change + m_corr - m_clean
+    if gap == "none":
+        return change
+    return change / ((m_clean - m_corr).mean() if gap == "mean" else m_clean - m_corr)
+
+
+def test_denoising_path_to_logits_reference_passes():
+    unit05b.check_denoising_path_to_logits(_restored)
+    unit05b.check_denoising_path_to_logits(unit05b.reference_denoising_path_to_logits)
+
+
+@pytest.mark.parametrize("mistake, named", [
+    ({"sign": -1}, "sign is flipped"),
+    ({"gap": "none"}, "not divided by the gap"),
+    ({"gap": "mean"}, "mean gap over prompts"),
+    ({"against": "clean"}, "measured from the clean run"),
+    ({"mlps": False}, "MLPs were recomputed"),
+    ({"freeze": False}, "nothing was frozen"),
+    ({"no_return": True}, "returns nothing"),
+])
+def test_denoising_path_to_logits_names_the_mistake(mistake, named):
+    with pytest.raises(CheckFailed, match=named):
+        unit05b.check_denoising_path_to_logits(lambda *a: _restored(*a, **mistake))
+
+
+def test_denoising_path_to_logits_names_noising_done_instead():
+    def noising(model, clean, corrupted, metric, sender):
+        with torch.no_grad():
+            gap = metric(model(clean)) - metric(model(corrupted))
+        return _by_hand(model, clean, corrupted, metric, sender) / gap
+
+    with pytest.raises(CheckFailed, match="noising path patch"):
+        unit05b.check_denoising_path_to_logits(noising)

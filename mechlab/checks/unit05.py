@@ -25,7 +25,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import lru_cache
+from functools import cache, lru_cache, wraps
 
 import torch
 from torch import Tensor
@@ -37,6 +37,23 @@ from mechlab.core.runs import Metric, cache_acts, logit_diff_metric
 from mechlab.core.tokens import logit_diff
 from mechlab.methods.attribution import attribution_patching, ig_alphas, integrated_gradients
 from mechlab.methods.patching import activation_patching
+
+
+def _on_one_thread(check: Callable) -> Callable:
+    """Run a check on one torch thread (the setting restored after). The checkers' models are 2 layers of width
+    64: extra threads only add synchronisation, and on a busy 2-core machine they made these checks 4-10x slower
+    (the unit's checker tests: 99 s of CPU with the default threads, 18 s on one)."""
+
+    @wraps(check)
+    def on_one(fn: Callable) -> None:
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            check(fn)
+        finally:
+            torch.set_num_threads(before)
+
+    return on_one
 
 
 @lru_cache(maxsize=2)
@@ -54,7 +71,9 @@ def _prompts(model, seed: int):
     return clean, corrupted, metric
 
 
-def _cases(with_direction: bool) -> list[Case]:
+@lru_cache(maxsize=2)
+def _cases(with_direction: bool) -> tuple[Case, ...]:
+    """Built once per session; ``run_cases`` restores whatever a learner edits in place, so sharing is safe."""
     cases = []
     for name, seed in (("tiny-gpt2", 0), ("tiny-gemma", 1)):
         model = _model(name)
@@ -64,7 +83,7 @@ def _cases(with_direction: bool) -> list[Case]:
                 args = (model, clean, corrupted, metric, layer)
                 label = f"{name}, layer {layer}" + (f", {direction}" if with_direction else "")
                 cases.append(Case(label, args + ((direction,) if with_direction else (4,))))
-    return cases
+    return tuple(cases)
 
 
 def _z_of(model, tokens, layer: int) -> Tensor:
@@ -92,7 +111,8 @@ def curved_metric(model, clean, corrupted, metric: Metric, layer: int, sharpness
     return curved
 
 
-def _curved_cases() -> list[Case]:
+@lru_cache(maxsize=1)
+def _curved_cases() -> tuple[Case, ...]:
     cases = []
     for name, seed in (("tiny-gpt2", 0), ("tiny-gemma", 1)):
         model = _model(name)
@@ -102,7 +122,35 @@ def _curved_cases() -> list[Case]:
                               (model, clean, corrupted, curved_metric(model, clean, corrupted, metric, layer),
                                layer, 4),
                               hint="the integration rule: ig_alphas(steps) gives the trapezoid's alphas and weights"))
-    return cases
+    return tuple(cases)
+
+
+def _per_case(fn: Callable) -> Callable:
+    """``fn`` with its output kept per argument objects. The checker's cases are built once per session (the same
+    model, token and metric objects every time), and ``run_cases`` runs the reference and the mistakes only on
+    weights it has restored, so the reference's and each mistake's output for a case never change: compute them
+    once. The arguments are kept alive with the output, so that an id is never reused for another object.
+    run_cases clones what it gets, so the kept output is handed out as it is."""
+    store: dict = {}
+
+    @wraps(fn)  # keeps the signature: run_cases names the arguments after the reference's parameters
+    def kept(*args):
+        key = tuple(a if isinstance(a, int | float | str) or a is None else id(a) for a in args)
+        if key not in store:
+            out = fn(*args)
+            store[key] = (args, out.detach() if isinstance(out, Tensor) else out)
+        return store[key][1]
+
+    return kept
+
+
+def _lazy(thunk: Callable[[], Tensor]) -> Callable[[], Tensor]:
+    """A costly alternative, computed on the first mismatch that needs it and then kept (with ``_per_case``)."""
+    return cache(thunk)
+
+
+def _kept_mistakes(mistakes: dict[str, Callable]) -> dict[str, Callable]:
+    return {text: f if getattr(f, "negates_reference", False) else _per_case(f) for text, f in mistakes.items()}
 
 
 def _compare(got, want) -> str:
@@ -202,17 +250,23 @@ IG_MISTAKES = {
 }
 
 
+_ATP_KEPT, _ATP_MISTAKES_KEPT = _per_case(reference_atp_heads), _kept_mistakes(ATP_MISTAKES)
+_IG_KEPT, _IG_MISTAKES_KEPT = _per_case(reference_ig_heads), _kept_mistakes(IG_MISTAKES)
+
+
+@_on_one_thread
 def check_atp_heads(fn: Callable) -> None:
     """``fn(model, clean, corrupted, metric, layer, direction) -> [head]`` against mechlab's AtP."""
-    run_cases(fn, reference_atp_heads, _cases(with_direction=True), name="atp_heads", compare=_compare,
-              mistakes=ATP_MISTAKES, grad=True)
+    run_cases(fn, _ATP_KEPT, _cases(with_direction=True), name="atp_heads", compare=_compare,
+              mistakes=_ATP_MISTAKES_KEPT, grad=True)
 
 
+@_on_one_thread
 def check_ig_heads(fn: Callable) -> None:
     """``fn(model, clean, corrupted, metric, layer, steps) -> [head]`` against mechlab's IG (noising, steps=4), on
     the logit difference and on a strongly curved metric that separates the integration rules."""
-    run_cases(fn, reference_ig_heads, _cases(with_direction=False) + _curved_cases(), name="ig_heads",
-              compare=_compare, mistakes=IG_MISTAKES, grad=True)
+    run_cases(fn, _IG_KEPT, _cases(with_direction=False) + _curved_cases(), name="ig_heads",
+              compare=_compare, mistakes=_IG_MISTAKES_KEPT, grad=True)
 
 
 __all__ = ["ATP_MISTAKES", "IG_MISTAKES", "check_atp_heads", "check_ig_heads", "curved_metric", "path_attribution",
@@ -310,7 +364,8 @@ def reference_patching_hook(source: torch.Tensor, pos: int | None = None, head: 
     return hook
 
 
-def _hook_cases() -> list[Case]:
+@lru_cache(maxsize=1)
+def _hook_cases() -> tuple[Case, ...]:
     cases = []
     for name, seed in (("tiny-gpt2", 0), ("tiny-gemma", 1)):
         model = _model(name)
@@ -320,7 +375,7 @@ def _hook_cases() -> list[Case]:
             _, cache = model.run_with_cache(corrupted, names_filter=lambda n, s=src_name: n == s)
             label = f"{name}, {kind} layer {layer}, pos {pos}, head {head}"
             cases.append(Case(label, (model, clean, src_name, cache[src_name].detach(), pos, head)))
-    return cases
+    return tuple(cases)
 
 
 def _logits_with(model, tokens, name, hook) -> torch.Tensor:
@@ -328,6 +383,7 @@ def _logits_with(model, tokens, name, hook) -> torch.Tensor:
         return model.run_with_hooks(tokens, fwd_hooks=[(name, hook)]).detach()
 
 
+@_per_case
 def _hook_reference(model, tokens, name, source, pos, head) -> dict:
     want = _logits_with(model, tokens, name, reference_patching_hook(source, pos, head))
     n_pos, mistakes = tokens.shape[1], {}
@@ -337,16 +393,17 @@ def _hook_reference(model, tokens, name, source, pos, head) -> dict:
     if pos is not None:
         for p, side in ((pos - 1, "p - 1"), (pos + 1, "p + 1")):
             if 0 <= p < n_pos:
-                mistakes[f"a patch at position {side} (an off-by-one position)"] = lambda p=p: _logits_with(
-                    model, tokens, name, reference_patching_hook(source, p, head))
-        mistakes["a patch at every position: index the position axis (act[:, pos]) as well"] = lambda: _logits_with(
-            model, tokens, name, reference_patching_hook(source, None, head))
+                mistakes[f"a patch at position {side} (an off-by-one position)"] = _lazy(lambda p=p: _logits_with(
+                    model, tokens, name, reference_patching_hook(source, p, head)))
+        mistakes["a patch at every position: index the position axis (act[:, pos]) as well"] = _lazy(
+            lambda: _logits_with(model, tokens, name, reference_patching_hook(source, None, head)))
     if head is not None:
         mistakes["a patch of every head at that position: index the head axis too (act[:, pos, head])"] = \
-            lambda: _logits_with(model, tokens, name, reference_patching_hook(source, pos, None))
+            _lazy(lambda: _logits_with(model, tokens, name, reference_patching_hook(source, pos, None)))
     return {"value": want, "mistakes": mistakes}
 
 
+@_on_one_thread
 def check_patching_hook(fn: Callable) -> None:
     """``fn(source, pos=None, head=None) -> hook``: the hook writes ``source``'s slice into the run it is on."""
 
@@ -397,13 +454,14 @@ def _cumulative_resid_pre(model, clean, corrupted, metric, direction) -> torch.T
     return out
 
 
-def _direction_cases() -> list[Case]:
+@lru_cache(maxsize=1)
+def _direction_cases() -> tuple[Case, ...]:
     cases = []  # one direction per model: a swap is caught on either, and the checks stay fast
     for name, seed, direction in (("tiny-gpt2", 0, "noising"), ("tiny-gemma", 1, "denoising")):
         model = _model(name)
         clean, corrupted, metric = _prompts(model, seed)
         cases.append(Case(f"{name}, {direction}", (model, clean, corrupted, metric, direction)))
-    return cases
+    return tuple(cases)
 
 
 def _common_mistakes(want, other, baseline_mean) -> dict:
@@ -418,17 +476,19 @@ def _common_mistakes(want, other, baseline_mean) -> dict:
     }
 
 
+@_per_case
 def _resid_reference(model, clean, corrupted, metric, direction) -> dict:
     want = reference_resid_pre_patching(model, clean, corrupted, metric, direction)
-    other = lambda: reference_resid_pre_patching(model, clean, corrupted, metric, _other(direction))  # noqa: E731
+    other = _lazy(lambda: reference_resid_pre_patching(model, clean, corrupted, metric, _other(direction)))
     base, _ = _runs(model, clean, corrupted, direction)
     mistakes = _common_mistakes(want, other, _mean_metric(model, base, metric))
     mistakes["patches that accumulate over positions (an in-place edit of a cached tensor: the activation your "
              "hook writes into is the cache itself, so each patch keeps the earlier ones; clone it first)"] = \
-        lambda: _cumulative_resid_pre(model, clean, corrupted, metric, direction)
+        _lazy(lambda: _cumulative_resid_pre(model, clean, corrupted, metric, direction))
     return {"value": want, "mistakes": mistakes, "partial": _shifted(want, 1)}
 
 
+@_on_one_thread
 def check_resid_pre_patching(fn: Callable) -> None:
     """``fn(model, clean, corrupted, metric, direction) -> [layer, pos]`` against mechlab's exact patching."""
     run_cases(fn, _resid_reference, _direction_cases(), name="resid_pre_patching",
@@ -445,7 +505,8 @@ def reference_head_patching(model, clean, corrupted, metric, kind: str = "z", di
     return res.values.view(model.cfg.n_layers, n_heads_for(model, kind))
 
 
-def _head_cases() -> list[Case]:
+@lru_cache(maxsize=1)
+def _head_cases() -> tuple[Case, ...]:
     cases = []
     for name, seed in (("tiny-gpt2", 0), ("tiny-gemma", 1)):
         model = _model(name)
@@ -454,7 +515,7 @@ def _head_cases() -> list[Case]:
                   else (("q", "denoising"), ("v", "noising")))
         for kind, direction in combos:
             cases.append(Case(f"{name}, {kind}, {direction}", (model, clean, corrupted, metric, kind, direction)))
-    return cases
+    return tuple(cases)
 
 
 def _whole_layer(model, clean, corrupted, metric, kind, direction) -> torch.Tensor:
@@ -469,19 +530,21 @@ def _whole_layer(model, clean, corrupted, metric, kind, direction) -> torch.Tens
     return out
 
 
+@_per_case
 def _head_reference(model, clean, corrupted, metric, kind, direction) -> dict:
     want = reference_head_patching(model, clean, corrupted, metric, kind, direction)
-    other = lambda: reference_head_patching(model, clean, corrupted, metric, kind, _other(direction))  # noqa: E731
+    other = _lazy(lambda: reference_head_patching(model, clean, corrupted, metric, kind, _other(direction)))
     base, _ = _runs(model, clean, corrupted, direction)
     mistakes = _common_mistakes(want, other, _mean_metric(model, base, metric))
     mistakes["the whole layer patched for every head (index the head axis: act[:, :, head], the axes of "
-             f"hook_{kind} are [batch, pos, head, d_head])"] = lambda: _whole_layer(model, clean, corrupted, metric,
-                                                                                   kind, direction)
+             f"hook_{kind} are [batch, pos, head, d_head])"] = _lazy(
+        lambda: _whole_layer(model, clean, corrupted, metric, kind, direction))
     partial = {"the reference shifted by one head (an off-by-one on the head index)":
                ((slice(None), slice(1, None)), want[:, :-1])} if want.shape[1] > 1 else {}
     return {"value": want, "mistakes": mistakes, "partial": partial}
 
 
+@_on_one_thread
 def check_head_patching(fn: Callable) -> None:
     """``fn(model, clean, corrupted, metric, kind, direction) -> [layer, head]`` for kind in z, q, k, v."""
     run_cases(fn, _head_reference, _head_cases(), name="head_patching",
@@ -498,14 +561,16 @@ def reference_head_position_patching(model, clean, corrupted, metric, direction:
     return res.values.view(model.cfg.n_layers, model.cfg.n_heads, clean.shape[1])
 
 
+@_per_case
 def _head_position_reference(model, clean, corrupted, metric, direction) -> dict:
     want = reference_head_position_patching(model, clean, corrupted, metric, direction)
-    other = lambda: reference_head_position_patching(model, clean, corrupted, metric, _other(direction))  # noqa: E731
+    other = _lazy(lambda: reference_head_position_patching(model, clean, corrupted, metric, _other(direction)))
     base, _ = _runs(model, clean, corrupted, direction)
     return {"value": want, "mistakes": _common_mistakes(want, other, _mean_metric(model, base, metric)),
             "partial": _shifted(want, 2)}
 
 
+@_on_one_thread
 def check_head_position_patching(fn: Callable) -> None:
     """``fn(model, clean, corrupted, metric, direction) -> [layer, head, pos]`` (each head's z, one position)."""
     run_cases(fn, _head_position_reference, _direction_cases(), name="head_position_patching",
@@ -545,17 +610,19 @@ def reference_pattern_patching(model, clean, corrupted, metric, direction: str =
     return _pattern_loop(model, clean, corrupted, metric, direction)
 
 
+@_per_case
 def _pattern_reference(model, clean, corrupted, metric, direction) -> dict:
     want = reference_pattern_patching(model, clean, corrupted, metric, direction)
-    other = lambda: reference_pattern_patching(model, clean, corrupted, metric, _other(direction))  # noqa: E731
+    other = _lazy(lambda: reference_pattern_patching(model, clean, corrupted, metric, _other(direction)))
     base, _ = _runs(model, clean, corrupted, direction)
     mistakes = _common_mistakes(want, other, _mean_metric(model, base, metric))
     mistakes["a patch of query row `head` across all heads (the wrong axis: hook_pattern is [batch, head, "
-             "query_pos, key_pos], so a head is pattern[:, head], not pattern[:, :, head])"] = lambda: _pattern_loop(
-        model, clean, corrupted, metric, direction, axis=2)
+             "query_pos, key_pos], so a head is pattern[:, head], not pattern[:, :, head])"] = _lazy(
+        lambda: _pattern_loop(model, clean, corrupted, metric, direction, axis=2))
     return {"value": want, "mistakes": mistakes}
 
 
+@_on_one_thread
 def check_pattern_patching(fn: Callable) -> None:
     """``fn(model, clean, corrupted, metric, direction) -> [layer, head]`` patching each head's attention pattern."""
     run_cases(fn, _pattern_reference, _direction_cases(), name="pattern_patching",
@@ -570,7 +637,8 @@ def reference_calibrated_metric(logits, answer, wrong, clean_value: float, corru
     return (logit_diff(logits[:, -1].float(), answer, wrong) - corrupted_value) / (clean_value - corrupted_value)
 
 
-def _metric_cases() -> list[Case]:
+@lru_cache(maxsize=1)
+def _metric_cases() -> tuple[Case, ...]:
     g = torch.Generator().manual_seed(5)
     cases = []
     for batch, n_pos, vocab in ((3, 5, 11), (4, 7, 20)):
@@ -578,9 +646,10 @@ def _metric_cases() -> list[Case]:
         answer, wrong = torch.randint(vocab, (batch,), generator=g), torch.randint(vocab, (batch,), generator=g)
         clean_value, corrupted_value = 2.5 + batch, -1.0 + 0.5 * batch
         cases.append(Case(f"batch {batch}, {n_pos} positions", (logits, answer, wrong, clean_value, corrupted_value)))
-    return cases
+    return tuple(cases)
 
 
+@_per_case
 def _metric_reference(logits, answer, wrong, clean_value, corrupted_value) -> dict:
     want = reference_calibrated_metric(logits, answer, wrong, clean_value, corrupted_value)
     gap = clean_value - corrupted_value
@@ -602,6 +671,7 @@ def _metric_reference(logits, answer, wrong, clean_value, corrupted_value) -> di
     }}
 
 
+@_on_one_thread
 def check_calibrated_metric(fn: Callable) -> None:
     """``fn(logits, answer, wrong, clean_value, corrupted_value) -> [batch]``: 0 on corrupted, 1 on clean."""
     run_cases(fn, _metric_reference, _metric_cases(), name="calibrated_metric",

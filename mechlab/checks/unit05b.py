@@ -251,5 +251,63 @@ def check_path_patch_to_queries(fn: Callable) -> None:
     _run(fn, "path_patch_to_queries", _pp_cases(True), "per-prompt effect", 2e-4)
 
 
-__all__ = ["check_freeze_hook", "check_logit_diff_at", "check_path_patch_to_logits", "check_path_patch_to_queries",
-           "reference_freeze_hook", "reference_logit_diff_at"]
+# ---------------------------------------------------------------------------------------------------------
+# denoising path patching: how much of the behaviour one sender's direct path restores
+
+NOISED = ("this is the noising path patch (the sender corrupted in the clean run) divided by the gap: for denoising "
+          "run the *corrupted* prompts, write the sender's *clean* z in and freeze everything else at corrupted")
+NO_GAP = "not divided by the gap: return (patched - corrupted) / (clean - corrupted), a fraction"
+MEAN_GAP = ("divided by the mean gap over prompts: divide each prompt by its own clean - corrupted gap (the metric "
+            "is per prompt)")
+AGAINST_CLEAN = "measured from the clean run: subtract the corrupted run's metric (the baseline of denoising)"
+MLPS_RECOMPUTED_DENOISE = ("the MLPs were recomputed: freeze every MLP's output (hook_mlp_out) at its corrupted "
+                           "value too")
+NOT_FROZEN_DENOISE = ("nothing was frozen: this is denoising activation patching of the sender (its total effect); "
+                      "freeze every other head's z and every MLP at its corrupted value")
+
+
+def reference_denoising_path_to_logits(model, clean: Tensor, corrupted: Tensor, metric, sender) -> Tensor:
+    """Fraction of each prompt's clean - corrupted gap restored by the sender's clean z on the corrupted run, every
+    other head and every MLP frozen at corrupted: (patched - corrupted) / (clean - corrupted), shape [batch]."""
+    with torch.no_grad():
+        per = path_patching(model, corrupted, clean, metric, senders=[sender], progress=False).meta["per_prompt"][0]
+        m_clean, m_corr = (cache_acts(model, tokens, set(), metric)[1].cpu() for tokens in (clean, corrupted))
+    return (per - m_corr) / (m_clean - m_corr)
+
+
+@lru_cache(maxsize=1)
+def _denoise_cases() -> tuple:
+    """Built once per session on the organism's IOI prompts (a random-init model's gap is too small to divide by)."""
+    model = _organism()
+    clean, corrupted, metric = _ioi()
+    out = []
+    for sender in [(1, 0), (2, 0), (2, 1)]:  # layer 1 first: there MLPs recomputed and nothing frozen differ
+        with torch.no_grad():
+            want = reference_denoising_path_to_logits(model, clean, corrupted, metric, sender)
+            m_clean, m_corr = (cache_acts(model, tokens, set(), metric)[1].cpu() for tokens in (clean, corrupted))
+            gap = m_clean - m_corr
+            per = want * gap + m_corr
+            name = hook_name("z", sender[0])
+            clean_cache, _ = cache_acts(model, clean, {name})
+            total = run_patches(model, corrupted, [Patch(name, sender[1])], clean_cache, metric, progress=False)[0]
+            unfrozen = path_patching(model, corrupted, clean, metric, senders=[sender], freeze_mlps=False,
+                                     progress=False).meta["per_prompt"][0]
+            variants = {SIGN: -want, NO_RETURN: torch.zeros_like(want), NO_GAP: per - m_corr,
+                        MEAN_GAP: (per - m_corr) / gap.mean(), AGAINST_CLEAN: (per - m_clean) / gap,
+                        NOISED: _pp(model, clean, corrupted, metric, sender) / gap,
+                        MLPS_RECOMPUTED_DENOISE: (unfrozen - m_corr) / gap,
+                        NOT_FROZEN_DENOISE: (total.cpu() - m_corr) / gap}
+        out.append((Case(f"organism IOI, sender L{sender[0]}H{sender[1]}", (model, clean, corrupted, metric, sender)),
+                    want, variants, [clean, corrupted]))
+    return tuple(out)
+
+
+def check_denoising_path_to_logits(fn: Callable) -> None:
+    """``fn(model, clean, corrupted, metric, sender) -> [batch]``: the fraction of the gap the sender's direct
+    path restores (denoising), against ``mechlab.methods.path_patching`` with the runs swapped."""
+    _run(fn, "denoising_path_to_logits", _denoise_cases(), "fraction restored", 1e-3)
+
+
+__all__ = ["check_denoising_path_to_logits", "check_freeze_hook", "check_logit_diff_at", "check_path_patch_to_logits",
+           "check_path_patch_to_queries", "reference_denoising_path_to_logits", "reference_freeze_hook",
+           "reference_logit_diff_at"]
