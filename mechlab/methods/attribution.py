@@ -20,12 +20,18 @@ per-prompt estimate, in the metric's unit. With ``normalise=True`` they are divi
 ``mean metric(clean) - mean metric(corrupted)``, so a denoising patch that restores the whole gap reads +1 and a
 noising patch that destroys it reads -1. Every result's ``meta`` repeats the direction and normalisation.
 
-Where AtP is exact: when the metric is linear in the patched activation, e.g. the last layer's head outputs,
-attention and MLP outputs with the final norm's scale frozen (``freeze_final_scale=True`` replaces the scale of
-``ln_final`` by the baseline run's value, without gradient, in every pass). Where it fails: saturated softmaxes
-(queries and keys of a head whose pattern is nearly one-hot), where the gradient at the baseline says little
-about a large step. :func:`integrated_gradients` fixes that by averaging gradients along the straight path
-from the baseline to the target activation of one layer at a time (batched over the steps);
+Where AtP is exact: only where the metric is linear in the patched activation. With the final norm's scale frozen
+(``freeze_final_scale=True`` replaces the scale of ``ln_final`` by the baseline run's value, without gradient, in
+every pass) that is the **last layer's** ``mlp_out`` (and ``resid_post``): nothing non-linear follows it. The last
+layer's ``attn_out`` and ``z`` are *not* exact: they still pass through the last MLP (and its norm). Measured on
+the organism (3 layers), mean over 8 S3 pairs of unit 07, last layer, scale frozen, summed over positions: AtP =
+exact = -10.81 on ``mlp_out``, but AtP -11.56 vs exact -14.76 on ``attn_out`` and -11.56 vs -13.14 (the sum of
+single-head patches) on ``z``. Where AtP fails badly: queries and keys, whose effect goes through a softmax that is
+far from linear between the two runs (a head's pattern moves from one token to another, or saturates), so the
+gradient at the baseline says little about the whole step; on unit 07's S3 pairs AtP's q/k/v totals often have the
+wrong sign, while integrated gradients and exact patching agree.
+:func:`integrated_gradients` fixes that by averaging gradients along the straight path from the baseline to the
+target activation of one layer at a time (batched over the steps);
 :func:`input_integrated_gradients` is the EAP-IG variant that interpolates the input embeddings (the residual
 stream entering layer 0) and reads every layer's gradient from the same passes. Both average the gradient with
 the trapezoidal rule on ``steps`` evenly spaced alphas from 0 (baseline) to 1 (target), whose error falls like

@@ -33,6 +33,13 @@ def _panels(grids, xs, ys, titles, widths, title: str, height: int = 420) -> go.
     return fig
 
 
+def _what(result) -> str:
+    """How a SubtaskAtP's numbers were made, for a title."""
+    if result.method == "exact":
+        return "exact whole-component patches (noising)"
+    return f"{result.method.upper()} (noising), {result.reduce} over positions"
+
+
 def figure_dla(dla, *, title: str = "") -> go.Figure:
     """Three panels as in the seed: accumulated residual stream, MLP outputs, heads ([layer, head])."""
     layers = [f"L{i}" for i in range(dla.n_layers)]
@@ -44,7 +51,8 @@ def figure_dla(dla, *, title: str = "") -> go.Figure:
 
 
 def figure_atp(atp, n_layers: int, *, title: str = "") -> go.Figure:
-    """resid_pre / mlp_out / heads (z) panels of an AtP result, as in the seed's aggregate plots."""
+    """resid_pre / mlp_out / heads (z) panels of an AtP, IG or exact result (mean over problems); in noising an
+    important component is blue (negative)."""
     panels = [k for k in ("resid_pre", "mlp_out", "z") if k in atp.per_problem]
     if not panels:
         raise ValueError(f"figure_atp needs resid_pre, mlp_out or z; this result holds {list(atp.per_problem)}.")
@@ -53,8 +61,7 @@ def figure_atp(atp, n_layers: int, *, title: str = "") -> go.Figure:
     return _panels(grids, [[f"H{h}" for h in range(g.shape[1])] if k == "z" else [k] for k, g in zip(panels, grids,
                                                                                                  strict=True)],
                    [layers] * len(panels), panels, [0.7 if k == "z" else 0.15 for k in panels],
-                   title or f"{atp.method.upper()}, {atp.subtask}: {atp.reduce} over positions, mean over "
-                   f"{atp.n_problems} problems")
+                   title or f"{_what(atp)}, {atp.subtask}: mean over {atp.n_problems} problems")
 
 
 def figure_qkv(atp, n_layers: int, *, title: str = "") -> go.Figure:
@@ -71,7 +78,8 @@ def figure_qkv(atp, n_layers: int, *, title: str = "") -> go.Figure:
                    [f"{k} ({g.shape[1]} head{'s' if g.shape[1] > 1 else ''})" for k, g in zip(panels, grids,
                                                                                               strict=True)],
                    [max(0.12, g.shape[1] / total) for g in grids],
-                   title or f"{atp.method.upper()} on queries, keys, values, {atp.subtask}")
+                   title or f"{_what(atp)} on queries, keys, values, {atp.subtask}: mean over {atp.n_problems} "
+                   "problems")
 
 
 def figure_position_map(result: Labelled, tokens: Sequence[str], *, last: int = 40, title: str = "") -> go.Figure:
