@@ -18,11 +18,13 @@ from mechlab.cot.analysis import (
     assert_aggregate,
     assert_dla_complete,
     assert_ig_complete,
+    assert_last_mlp_exact,
     assert_ranking,
     assert_sign_agreement,
     atp_subtask,
     dla_subtask,
     exact_subtask,
+    last_mlp_linearity,
     pair_head_patterns,
     spearman,
     tolerance,
@@ -295,6 +297,18 @@ def test_exact_subtask_is_a_whole_component_patch(gpt2_like):
     assert torch.allclose(exact.totals("z"), exact.per_problem["z"].values.sum(0))
 
 
+def test_last_mlp_atp_is_exact_with_the_scale_frozen(gpt2_like):
+    """Frozen-scale AtP of the last layer's whole mlp_out equals the frozen-scale exact patch (computed with its own
+    hooks); a wrong value is caught."""
+    pairs = build_pairs(gpt2_like, _items("compact", n=8), "S3")[:3]
+    lin = last_mlp_linearity(gpt2_like, pairs, progress=False)
+    assert lin.shape == (2, len(pairs)) and bool((lin[1].abs() > 1e-4).any())
+    assert assert_last_mlp_exact(lin, torch.float32) < 1e-4
+    assert float((lin[0] - lin[1]).abs().max()) < 1e-3 * float(lin[1].abs().max())  # relative to the effect too
+    with pytest.raises(AssertionError, match="not exact on pair"):
+        assert_last_mlp_exact(lin + torch.tensor([[0.01], [0.0]]), torch.float32)
+
+
 def test_notebook_checks_pass_in_bfloat16():
     """The checks notebook 07 asserts, on a tiny Gemma in bfloat16 (the T4 plan): their tolerances follow the dtype.
     The fp32 tolerance would reject the same bf16 DLA, so the dtype really sets it."""
@@ -328,3 +342,6 @@ def test_notebook_checks_pass_in_bfloat16():
     assert_ig_complete(ig, clean[:2], corrupted[:2], dtype)
     with pytest.raises(AssertionError, match="IG on"):
         assert_ig_complete(ig, clean[:2], corrupted[:2] + 1.0, dtype)
+
+    lin = last_mlp_linearity(model, pairs[:2], progress=False)
+    assert_last_mlp_exact(lin, dtype)

@@ -62,3 +62,18 @@ def test_dla_panels_and_position_map():
     fig = figure_position_map(result, ["a", "b", "c", "d", "e", "f"], last=3)
     assert list(fig.data[0].x) == ["3: 'd'", "4: 'e'", "5: 'f'"]
     np.testing.assert_allclose(np.asarray(fig.data[0].z), values[:, -3:].numpy())
+
+
+def test_atp_figure_draws_the_mlp_panel_from_another_result():
+    g = torch.Generator().manual_seed(2)
+    grids = {"resid_pre": torch.randn(3, 1, generator=g), "mlp_out": torch.randn(3, 1, generator=g),
+             "z": torch.randn(3, 4, generator=g)}
+    exact_mlp = 10 * torch.randn(3, 1, generator=g)
+    fig = figure_atp(_atp(grids), 3, mlp=_atp({"mlp_out": exact_mlp}, "exact"))
+    np.testing.assert_allclose(np.asarray(fig.data[1].z), exact_mlp.numpy())
+    np.testing.assert_allclose(np.asarray(fig.data[2].z), grids["z"].numpy())
+    assert fig.layout.annotations[1].text == "mlp_out (exact)"
+    assert "MLPs: exact whole-component" in fig.layout.title.text
+    assert fig.layout.coloraxis.cmax == pytest.approx(float(exact_mlp.abs().max()))
+    with pytest.raises(ValueError, match="must hold mlp_out"):
+        figure_atp(_atp(grids), 3, mlp=_atp({"z": grids["z"]}, "exact"))

@@ -51,7 +51,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from mechlab.core.activations import hook_name, parse_head
+from mechlab.core.activations import FINAL_NORM_SCALE, hook_name, parse_head
 from mechlab.core.results import Labelled
 from mechlab.core.runs import logit_diff_metric
 from mechlab.cot.pairs import CotPair, PairSet
@@ -289,6 +289,52 @@ def exact_subtask(model, pairs: PairSet, *, kinds: Sequence[str] = ("mlp_out", "
                       torch.tensor(m_corr))
 
 
+@torch.no_grad()
+def _frozen_exact_last_mlp(model, clean, corrupted, metric) -> float:
+    """Exact noising patch of the last layer's whole ``mlp_out`` with the final norm's scale frozen at the clean run."""
+    name = hook_name("mlp_out", model.cfg.n_layers - 1)
+    _, clean_cache = model.run_with_cache(clean, names_filter=lambda n: n in (name, FINAL_NORM_SCALE))
+    _, corr_cache = model.run_with_cache(corrupted, names_filter=lambda n: n == name)
+    base = metric(model(clean)).flatten()[0]
+    hooks = [(name, lambda act, hook: corr_cache[name]),
+             (FINAL_NORM_SCALE, lambda act, hook: clean_cache[FINAL_NORM_SCALE])]
+    patched = model.run_with_hooks(clean, fwd_hooks=hooks)
+    return float(metric(patched).flatten()[0] - base)
+
+
+def last_mlp_linearity(model, pairs: PairSet, *, progress: bool = True) -> Float[Tensor, "2 problem"]:
+    """Per pair, [AtP, exact] of patching the **last layer's** whole ``mlp_out`` (noising), both with the final norm's
+    scale frozen at the clean run: nothing non-linear follows that activation then, so the two must agree (up to
+    rounding). With the scale live (what :func:`atp_subtask` and :func:`exact_subtask` use, and what the model does)
+    even this MLP's AtP is off; earlier MLPs' effects also pass through later layers."""
+    if not pairs.pairs:
+        raise ValueError(f"{pairs.subtask} has no pairs ({pairs.summary()}); nothing to patch.")
+    device, last = next(model.parameters()).device, model.cfg.n_layers - 1
+    out = []
+    for pair in tqdm(pairs.pairs, desc=f"last MLP {pairs.subtask}", disable=not progress):
+        clean, corrupted = pair.clean_tokens[None].to(device), pair.corrupted_tokens[None].to(device)
+        metric = logit_diff_metric(torch.tensor([pair.correct_id]), torch.tensor([pair.incorrect_id]), pos=-1)
+        atp = attribution_patching(model, clean, corrupted, metric, kinds=["mlp_out"], layers=[last],
+                                   freeze_final_scale=True)["mlp_out"].values.sum()
+        out.append(torch.stack([atp.float().cpu(), torch.tensor(_frozen_exact_last_mlp(model, clean, corrupted,
+                                                                                          metric))]))
+    return torch.stack(out, 1)
+
+
+def assert_last_mlp_exact(pairs_values: Float[Tensor, "2 problem"], dtype: torch.dtype, *, atol: float = 1e-4
+                          ) -> float:
+    """:func:`last_mlp_linearity`'s AtP equals its exact patch on every pair, to ``atol`` plus the dtype's
+    :func:`tolerance` times the effect's size. Returns the largest gap."""
+    atp, exact = pairs_values.float()
+    gap = (atp - exact).abs()
+    tol = atol + tolerance(dtype) * (exact.abs() + 1.0)
+    if bool((gap > tol).any()):
+        i = int((gap - tol).argmax())
+        _fail(f"frozen-scale AtP of the last MLP is not exact on pair {i}: AtP {float(atp[i]):+.5f}, exact "
+              f"{float(exact[i]):+.5f} (gap {float(gap[i]):.2g} > {float(tol[i]):.2g}).")
+    return float(gap.max())
+
+
 # ---------------------------------------------------------------------------------------------------------
 # heads and their patterns
 
@@ -455,6 +501,6 @@ def assert_ig_complete(ig: SubtaskAtP, clean: Float[Tensor, " problem"], corrupt
 
 
 __all__ = ["ATP_KINDS", "REDUCTIONS", "SubtaskAtP", "SubtaskDLA", "aggregate_positions", "assert_aggregate",
-           "assert_dla_complete", "assert_ig_complete", "assert_ranking", "assert_sign_agreement", "atp_subtask",
-           "dla_subtask", "exact_subtask", "pair_head_patterns", "reduce_positions", "sign_agreement", "spearman",
-           "tolerance", "top_heads"]
+           "assert_dla_complete", "assert_ig_complete", "assert_last_mlp_exact", "assert_ranking",
+           "assert_sign_agreement", "atp_subtask", "dla_subtask", "exact_subtask", "last_mlp_linearity",
+           "pair_head_patterns", "reduce_positions", "sign_agreement", "spearman", "tolerance", "top_heads"]

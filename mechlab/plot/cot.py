@@ -50,18 +50,29 @@ def figure_dla(dla, *, title: str = "") -> go.Figure:
                    title or f"DLA, {dla.subtask}: mean over {dla.n_problems} problems (logit diff)")
 
 
-def figure_atp(atp, n_layers: int, *, title: str = "") -> go.Figure:
+def figure_atp(atp, n_layers: int, *, mlp=None, title: str = "") -> go.Figure:
     """resid_pre / mlp_out / heads (z) panels of an AtP, IG or exact result (mean over problems); in noising an
-    important component is blue (negative)."""
-    panels = [k for k in ("resid_pre", "mlp_out", "z") if k in atp.per_problem]
+    important component is blue (negative).
+
+    ``mlp``: another result (e.g. :func:`mechlab.cot.analysis.exact_subtask`'s) to draw the MLP panel from, with its
+    method in the panel's title. First-order AtP mis-ranks the MLPs of earlier layers (their effect passes through
+    later layers), so unit 07 draws that panel from exact whole-MLP patches and keeps AtP for the heads.
+    """
+    panels = [k for k in ("resid_pre", "mlp_out", "z") if k in atp.per_problem or (k == "mlp_out" and mlp)]
     if not panels:
         raise ValueError(f"figure_atp needs resid_pre, mlp_out or z; this result holds {list(atp.per_problem)}.")
-    grids = [atp.grid(k, n_layers) for k in panels]
+    if mlp is not None and "mlp_out" not in mlp.per_problem:
+        raise ValueError(f"mlp= must hold mlp_out (e.g. exact_subtask(model, pairs, kinds=['mlp_out'])); it holds "
+                         f"{list(mlp.per_problem)}.")
+    sources = {k: (mlp if k == "mlp_out" and mlp is not None else atp) for k in panels}
+    grids = [sources[k].grid(k, n_layers) for k in panels]
+    names = [f"{k} ({sources[k].method})" if mlp is not None and k == "mlp_out" else k for k in panels]
     layers = [f"L{i}" for i in range(n_layers)]
     return _panels(grids, [[f"H{h}" for h in range(g.shape[1])] if k == "z" else [k] for k, g in zip(panels, grids,
                                                                                                  strict=True)],
-                   [layers] * len(panels), panels, [0.7 if k == "z" else 0.15 for k in panels],
-                   title or f"{_what(atp)}, {atp.subtask}: mean over {atp.n_problems} problems")
+                   [layers] * len(panels), names, [0.7 if k == "z" else 0.15 for k in panels],
+                   title or f"{_what(atp)}, {atp.subtask}: mean over {atp.n_problems} problems"
+                   + (f"; MLPs: {_what(mlp)}" if mlp is not None else ""))
 
 
 def figure_qkv(atp, n_layers: int, *, title: str = "") -> go.Figure:
