@@ -1,6 +1,7 @@
 """The unit 07 checkers accept the reference solutions and reject the stub and plausible wrong answers: the seed's
 substring replace, a two-step replace, a forgotten capital; the last position of a padded batch, a sign flip; a
-mean over positions, padding with zeros before the max, the max of |x|."""
+max over positions (the seed's), the min, a mean over positions, |x| summed, a sum over problems; each failure names
+its mistake."""
 
 from __future__ import annotations
 
@@ -68,25 +69,31 @@ def test_decision_rejects(wrong):
 
 
 def aggregate(maps):
-    return torch.stack([m.max(-1).values for m in maps]).mean(0)
+    return torch.stack([m.sum(-1) for m in maps]).mean(0)
 
 
 def test_aggregate_accepts_solution():
     unit07.check_aggregate_positions(aggregate)
 
 
-def _zero_padded(maps):
+def _zero_padded_sum(maps):  # padding is harmless for a sum: this one must pass
     width = max(m.shape[1] for m in maps)
-    stacked = torch.stack([torch.nn.functional.pad(m, (0, width - m.shape[1])) for m in maps])
-    return stacked.max(-1).values.mean(0)
+    return torch.stack([torch.nn.functional.pad(m, (0, width - m.shape[1])) for m in maps]).sum(-1).mean(0)
 
 
-@pytest.mark.parametrize("wrong", [
-    stub,
-    lambda maps: torch.stack([m.mean(-1) for m in maps]).mean(0),
-    _zero_padded,
-    lambda maps: torch.stack([m.abs().max(-1).values for m in maps]).mean(0),
-], ids=["stub", "mean over positions", "zero padding before the max", "max of |x|"])
-def test_aggregate_rejects(wrong):
-    with pytest.raises(CheckFailed):
+def test_aggregate_accepts_zero_padding_before_the_sum():
+    unit07.check_aggregate_positions(_zero_padded_sum)
+
+
+@pytest.mark.parametrize("wrong,mistake", [
+    (stub, "not implemented"),
+    (lambda maps: torch.stack([m.max(-1).values for m in maps]).mean(0), "max over positions"),
+    (lambda maps: torch.stack([m.min(-1).values for m in maps]).mean(0), "min over positions"),
+    (lambda maps: torch.stack([m.mean(-1) for m in maps]).mean(0), "averaged over positions"),
+    (lambda maps: torch.stack([m.abs().sum(-1) for m in maps]).mean(0), "lost the sign"),
+    (lambda maps: torch.stack([m.sum(-1) for m in maps]).sum(0), "summed over problems"),
+    (lambda maps: torch.stack([m.sum(-1) for m in maps]).mean(0)[:1], "shape"),
+], ids=["stub", "max (seed)", "min", "mean over positions", "sum of |x|", "sum over problems", "wrong shape"])
+def test_aggregate_rejects_and_names_the_mistake(wrong, mistake):
+    with pytest.raises(CheckFailed, match=mistake):
         unit07.check_aggregate_positions(wrong)

@@ -11,7 +11,25 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mechlab.cot.analysis import aggregate_positions, atp_subtask, dla_subtask, pair_head_patterns, top_heads
+from mechlab.core.results import Labelled
+from mechlab.cot.analysis import (
+    SubtaskAtP,
+    aggregate_positions,
+    assert_aggregate,
+    assert_dla_complete,
+    assert_ig_complete,
+    assert_last_mlp_exact,
+    assert_ranking,
+    assert_sign_agreement,
+    atp_subtask,
+    dla_subtask,
+    exact_subtask,
+    last_mlp_linearity,
+    pair_head_patterns,
+    spearman,
+    tolerance,
+    top_heads,
+)
 from mechlab.cot.pairs import SUBTASKS, build_pairs, keep_decided, pair_logit_diffs, swap_words
 from mechlab.cot.runner import make_items
 from mechlab.data.prontoqa import Fact, Problem, make_problems, render
@@ -219,5 +237,111 @@ def test_keep_decided_and_patterns(gpt2_like):
 
 def test_aggregate_positions_uses_each_problems_own_positions():
     maps = [torch.tensor([[-3.0, -1.0]]), torch.tensor([[-2.0, -5.0, -4.0]])]
-    assert torch.allclose(aggregate_positions(maps), torch.tensor([-1.5]))
+    assert torch.allclose(aggregate_positions(maps), torch.tensor([(-4.0 - 11.0) / 2]))  # signed sum by default
+    assert torch.allclose(aggregate_positions(maps, "max"), torch.tensor([-1.5]))
+    assert torch.allclose(aggregate_positions(maps, "min"), torch.tensor([-4.0]))
     assert torch.allclose(aggregate_positions(maps, "absmax"), torch.tensor([-4.0]))
+
+
+@pytest.mark.parametrize("bad,match", [
+    ([], "empty list"),
+    (torch.zeros(2, 3), "Tensor"),
+    ([torch.zeros(2, 0)], "empty"),
+    ([torch.zeros(0, 4)], "empty"),
+    ([torch.zeros(2, 3), torch.zeros(3, 3)], "same components"),
+    ([torch.zeros(2)], r"\[component, pos\]"),
+])
+def test_aggregate_positions_refuses_empty_or_ragged_maps(bad, match):
+    with pytest.raises(ValueError, match=match):
+        aggregate_positions(bad)
+    with pytest.raises(ValueError, match="reduce"):
+        aggregate_positions([torch.zeros(1, 2)], "median")
+
+
+def test_spearman_against_hand_ranks():
+    a, b = torch.tensor([0.1, 3.0, 2.0, -1.0]), torch.tensor([10.0, 40.0, 30.0, 20.0])
+    # ranks [1, 3, 2, 0] and [0, 3, 2, 1]: d = [1, 0, 0, -1], rho = 1 - 6 * 2 / (4 * 15) = 0.8
+    assert spearman(a, b) == pytest.approx(0.8)
+    assert spearman(a, -a) == pytest.approx(-1.0)
+    # ties share their mean rank: [0.5, 0.5, 2] vs [0, 1, 2] -> Pearson of the ranks
+    assert spearman(torch.tensor([1.0, 1.0, 2.0]), torch.tensor([1.0, 2.0, 3.0])) == pytest.approx(0.8660254)
+    with pytest.raises(ValueError, match="constant"):
+        spearman(torch.ones(3), torch.arange(3.0))
+
+
+def test_exact_subtask_is_a_whole_component_patch(gpt2_like):
+    """exact_subtask's value for one head equals a hand-written patch of that head's z at every position."""
+    from mechlab.core.activations import hook_name
+
+    pairs = build_pairs(gpt2_like, _items("compact", n=8), "S3")[:2]
+    assert len(pairs) == 2
+    exact = exact_subtask(gpt2_like, pairs, kinds=["z", "mlp_out"], progress=False)
+    assert exact.per_problem["z"].values.shape == (gpt2_like.cfg.n_layers * gpt2_like.cfg.n_heads, 2)
+    name, head = hook_name("z", 1), 2
+    for j, p in enumerate(pairs):
+        with torch.no_grad():
+            _, rc = gpt2_like.run_with_cache(p.corrupted_tokens[None], names_filter=lambda n: n == name)
+
+            def patch(act, hook, src=rc[name]):
+                act = act.clone()
+                act[:, :, head] = src[:, :, head]
+                return act
+
+            def ld(logits, p=p):
+                return float(logits[0, -1, p.correct_id] - logits[0, -1, p.incorrect_id])
+
+            want = ld(gpt2_like.run_with_hooks(p.clean_tokens[None], fwd_hooks=[(name, patch)])) \
+                - ld(gpt2_like(p.clean_tokens[None]))
+        got = float(exact.per_problem["z"][f"L1H{head}"][j])
+        assert got == pytest.approx(want, abs=1e-5)
+    assert torch.allclose(exact.totals("z"), exact.per_problem["z"].values.sum(0))
+
+
+def test_last_mlp_atp_is_exact_with_the_scale_frozen(gpt2_like):
+    """Frozen-scale AtP of the last layer's whole mlp_out equals the frozen-scale exact patch (computed with its own
+    hooks); a wrong value is caught."""
+    pairs = build_pairs(gpt2_like, _items("compact", n=8), "S3")[:3]
+    lin = last_mlp_linearity(gpt2_like, pairs, progress=False)
+    assert lin.shape == (2, len(pairs)) and bool((lin[1].abs() > 1e-4).any())
+    assert assert_last_mlp_exact(lin, torch.float32) < 1e-4
+    assert float((lin[0] - lin[1]).abs().max()) < 1e-3 * float(lin[1].abs().max())  # relative to the effect too
+    with pytest.raises(AssertionError, match="not exact on pair"):
+        assert_last_mlp_exact(lin + torch.tensor([[0.01], [0.0]]), torch.float32)
+
+
+def test_notebook_checks_pass_in_bfloat16():
+    """The checks notebook 07 asserts, on a tiny Gemma in bfloat16 (the T4 plan): their tolerances follow the dtype.
+    The fp32 tolerance would reject the same bf16 DLA, so the dtype really sets it."""
+    from mechlab.core.loading import load_model
+
+    model = load_model("tiny-gemma", dtype="bfloat16", seed=2, verbose=False)
+    dtype = next(model.parameters()).dtype
+    assert dtype == torch.bfloat16
+    pairs = build_pairs(model, _items("compact", n=6), "S3")
+    assert len(pairs) >= 2
+    clean, corrupted = pair_logit_diffs(model, pairs)
+    dla = dla_subtask(model, pairs, progress=False)
+    gap = assert_dla_complete(dla, clean, dtype)
+    assert gap > tolerance(torch.float32) * float(dla.components.values.abs().sum(0).max() + 1)  # fp32's would fail
+    with pytest.raises(AssertionError, match="differ"):
+        assert_dla_complete(dla, clean + 1.0, dtype)  # and a wrong logit difference is still caught
+
+    atp = atp_subtask(model, pairs, kinds=["z", "mlp_out"], keep_maps=len(pairs), progress=False)
+    assert_aggregate(atp, "z")
+    exact = exact_subtask(model, pairs, kinds=["z", "mlp_out"], progress=False)
+    assert assert_ranking(exact.mean("z"), exact.mean("z"), min_spearman=1.0, same_sign=True) == pytest.approx(1.0)
+    assert assert_sign_agreement(exact, exact, ["z", "mlp_out"], min_fraction=1.0) == {"z": 1.0, "mlp_out": 1.0}
+    flipped = SubtaskAtP(exact.subtask, "atp", "sum", {k: Labelled(-v.values, v.labels, axes=v.axes)
+                                                       for k, v in exact.per_problem.items()})
+    with pytest.raises(AssertionError, match="sign"):
+        assert_sign_agreement(flipped, exact, ["z"])
+    with pytest.raises(AssertionError, match="sign differs"):
+        assert_ranking(flipped.mean("mlp_out"), exact.mean("mlp_out"), min_spearman=-1.0, same_sign=True)
+
+    ig = atp_subtask(model, pairs[:2], kinds=["resid_pre"], method="ig", steps=16, progress=False)
+    assert_ig_complete(ig, clean[:2], corrupted[:2], dtype)
+    with pytest.raises(AssertionError, match="IG on"):
+        assert_ig_complete(ig, clean[:2], corrupted[:2] + 1.0, dtype)
+
+    lin = last_mlp_linearity(model, pairs[:2], progress=False)
+    assert_last_mlp_exact(lin, dtype)

@@ -9,8 +9,8 @@ The learner writes:
         the logit difference at each row's own decision position in a right-padded batch
         (:func:`mechlab.cot.pairs.decision_logit_diff`).
     aggregate_positions(maps)                     -> Float[Tensor, "component"]
-        the seed's aggregate of per-problem [component, pos] maps of different lengths: max over each problem's
-        positions, then the mean over problems (:func:`mechlab.cot.analysis.aggregate_positions`).
+        the aggregate of per-problem noising AtP maps [component, pos] of different lengths: the signed sum over
+        each problem's positions, then the mean over problems (:func:`mechlab.cot.analysis.aggregate_positions`).
 
 Each check runs small random cases and names the case that failed and by how much.
 
@@ -91,19 +91,51 @@ def _map_cases() -> list[Case]:
     g = torch.Generator().manual_seed(1)
     lengths = {"equal lengths": [6, 6, 6], "different lengths": [4, 9, 6, 12], "one problem": [7]}
     cases = [Case(name, ([torch.randn(5, n, generator=g) for n in ns],)) for name, ns in lengths.items()]
-    # all scores negative: padding with zeros (or taking |x|) would change the max
-    cases.append(Case("all negative, different lengths", ([-torch.rand(3, n, generator=g) - 0.1 for n in (3, 8)],)))
+    # noising AtP: zeros before the first edit, important effects negative; a max would read 0 everywhere
+    cases.append(Case("noising-like: zeros then negatives, different lengths",
+                      ([torch.cat([torch.zeros(3, n), -torch.rand(3, 4, generator=g) - 0.1], 1) for n in (2, 7)],)))
     return cases
 
 
 def _reference_aggregate(maps):
-    return aggregate_positions(maps, "max")
+    return aggregate_positions(maps, "sum")
+
+
+# what a wrong answer most likely did, tried in this order on the failing case
+_MISTAKES = {
+    "took the max over positions (the seed's aggregate, which hides negative noising effects)":
+        lambda maps: torch.stack([m.max(-1).values for m in maps]).mean(0),
+    "took the min over positions instead of the sum":
+        lambda maps: torch.stack([m.min(-1).values for m in maps]).mean(0),
+    "averaged over positions instead of summing (a long problem then counts less)":
+        lambda maps: torch.stack([m.mean(-1) for m in maps]).mean(0),
+    "summed |x| and lost the sign (in noising, important effects are negative)":
+        lambda maps: torch.stack([m.abs().sum(-1) for m in maps]).mean(0),
+    "summed over problems instead of averaging":
+        lambda maps: torch.stack([m.sum(-1) for m in maps]).sum(0),
+}
+
+
+def _diagnose(got, maps) -> str:
+    if not isinstance(got, torch.Tensor):
+        return ""
+    for why, wrong in _MISTAKES.items():
+        w = wrong(maps)
+        if got.shape == w.shape and torch.allclose(got.float(), w, atol=1e-5, rtol=1e-4):
+            return f"; it looks like you {why}"
+    return ""
 
 
 def check_aggregate_positions(fn: Callable) -> None:
-    """``fn(maps) -> [component]`` against :func:`mechlab.cot.analysis.aggregate_positions` (reduce="max")."""
-    run_cases(fn, _reference_aggregate, _map_cases(), name="aggregate_positions",
-              compare=lambda got, want: compare_tensors(got, want, what="aggregate per component"))
+    """``fn(maps) -> [component]`` against :func:`mechlab.cot.analysis.aggregate_positions` (reduce="sum"); a failure
+    names the likely mistake."""
+    cases = _map_cases()
+    for case in cases:
+        maps = case.args[0]
+        run_cases(fn, _reference_aggregate, [case], name="aggregate_positions", verbose=False,
+                  compare=lambda got, want, maps=maps: (lambda msg: msg and msg + _diagnose(got, maps))(
+                      compare_tensors(got, want, what="aggregate per component")))
+    print(f"aggregate_positions: passed {len(cases)} cases.")
 
 
 __all__ = ["check_aggregate_positions", "check_decision_logit_diff", "check_swap_words"]

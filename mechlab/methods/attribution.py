@@ -20,16 +20,25 @@ per-prompt estimate, in the metric's unit. With ``normalise=True`` they are divi
 ``mean metric(clean) - mean metric(corrupted)``, so a denoising patch that restores the whole gap reads +1 and a
 noising patch that destroys it reads -1. Every result's ``meta`` repeats the direction and normalisation.
 
-Where AtP is exact: when the metric is linear in the patched activation, e.g. the last layer's head outputs,
-attention and MLP outputs with the final norm's scale frozen (``freeze_final_scale=True`` replaces the scale of
-``ln_final`` by the baseline run's value, without gradient, in every pass). Where it fails: saturated softmaxes
-(queries and keys of a head whose pattern is nearly one-hot), where the gradient at the baseline says little
-about a large step. :func:`integrated_gradients` fixes that by averaging gradients along the straight path
-from the baseline to the target activation of one layer at a time (batched over the steps);
-:func:`input_integrated_gradients` is the EAP-IG variant that interpolates the input embeddings (the residual
-stream entering layer 0) and reads every layer's gradient from the same passes. Both average the gradient with
-the trapezoidal rule on ``steps`` evenly spaced alphas from 0 (baseline) to 1 (target), whose error falls like
-``1 / steps**2``; ``steps=1`` keeps only alpha = 0, the gradient at the baseline, so it is exactly AtP.
+Where AtP is exact: only where the metric is linear in the patched activation. With the final norm's scale frozen
+(``freeze_final_scale=True`` replaces the scale of ``ln_final`` by the baseline run's value, without gradient, in
+every pass) that is the **last layer's** ``mlp_out`` (and ``resid_post``): nothing non-linear follows it. The last
+layer's ``attn_out`` and ``z`` are *not* exact: they still pass through the last MLP (and its norm). Measured on the
+organism (3 layers), mean over 8 S3 pairs of unit 07, last layer, scale frozen, summed over positions: AtP = exact =
+-10.81 on ``mlp_out``, but AtP -11.56 vs exact -14.76 on ``attn_out`` and -11.56 vs -13.14 (the sum of single-head
+patches) on ``z``. Earlier layers' ``mlp_out`` pass through every later layer, and AtP mis-orders them: on 26 S3
+pairs (scale live, as in the model) AtP gives -3.43 / -1.93 / -6.74 for L0 / L1 / L2 where exact whole-MLP patches
+give -27.77 / -20.95 / -10.10. Where AtP fails badly: queries and keys, whose effect goes through a softmax that is
+far from linear between the two runs (a head's pattern moves from one token to another, or saturates), so the
+gradient at the baseline says little about the whole step; on unit 07's S3 pairs AtP's q/k/v totals often have the
+wrong sign. :func:`integrated_gradients` fixes that by averaging gradients along the straight path from the baseline
+to the target activation of one layer at a time (batched over the steps). On unit 07's q/k/v, its per-layer totals
+match exact whole-layer patches, but a layer's heads interact, so per-head scores need not add up to single-head
+patches. :func:`input_integrated_gradients` interpolates the input embeddings (the residual stream entering
+layer 0) and reads every layer's gradient from the same passes; it scores activations, not edges (EAP-IG scores
+edges). Both average the gradient with the trapezoidal rule on ``steps`` evenly spaced alphas from 0 (baseline) to 1
+(target), whose error falls like ``1 / steps**2``; ``steps=1`` keeps only alpha = 0, the gradient at the baseline,
+so it is exactly AtP.
 
 Activation kinds: ``resid_pre``, ``attn_out``, ``mlp_out`` (one row per layer), ``z`` and ``q`` (one row per
 query head, ``L{l}H{h}``), ``k`` and ``v`` (one row per K/V head: ``L{l}H{h}`` when every query head has its

@@ -33,6 +33,13 @@ def _panels(grids, xs, ys, titles, widths, title: str, height: int = 420) -> go.
     return fig
 
 
+def _what(result) -> str:
+    """How a SubtaskAtP's numbers were made, for a title."""
+    if result.method == "exact":
+        return "exact whole-component patches (noising)"
+    return f"{result.method.upper()} (noising), {result.reduce} over positions"
+
+
 def figure_dla(dla, *, title: str = "") -> go.Figure:
     """Three panels as in the seed: accumulated residual stream, MLP outputs, heads ([layer, head])."""
     layers = [f"L{i}" for i in range(dla.n_layers)]
@@ -43,18 +50,29 @@ def figure_dla(dla, *, title: str = "") -> go.Figure:
                    title or f"DLA, {dla.subtask}: mean over {dla.n_problems} problems (logit diff)")
 
 
-def figure_atp(atp, n_layers: int, *, title: str = "") -> go.Figure:
-    """resid_pre / mlp_out / heads (z) panels of an AtP result, as in the seed's aggregate plots."""
-    panels = [k for k in ("resid_pre", "mlp_out", "z") if k in atp.per_problem]
+def figure_atp(atp, n_layers: int, *, mlp=None, title: str = "") -> go.Figure:
+    """resid_pre / mlp_out / heads (z) panels of an AtP, IG or exact result (mean over problems); in noising an
+    important component is blue (negative).
+
+    ``mlp``: another result (e.g. :func:`mechlab.cot.analysis.exact_subtask`'s) to draw the MLP panel from, with its
+    method in the panel's title. First-order AtP mis-ranks the MLPs of earlier layers (their effect passes through
+    later layers), so unit 07 draws that panel from exact whole-MLP patches and keeps AtP for the heads.
+    """
+    panels = [k for k in ("resid_pre", "mlp_out", "z") if k in atp.per_problem or (k == "mlp_out" and mlp)]
     if not panels:
         raise ValueError(f"figure_atp needs resid_pre, mlp_out or z; this result holds {list(atp.per_problem)}.")
-    grids = [atp.grid(k, n_layers) for k in panels]
+    if mlp is not None and "mlp_out" not in mlp.per_problem:
+        raise ValueError(f"mlp= must hold mlp_out (e.g. exact_subtask(model, pairs, kinds=['mlp_out'])); it holds "
+                         f"{list(mlp.per_problem)}.")
+    sources = {k: (mlp if k == "mlp_out" and mlp is not None else atp) for k in panels}
+    grids = [sources[k].grid(k, n_layers) for k in panels]
+    names = [f"{k} ({sources[k].method})" if mlp is not None and k == "mlp_out" else k for k in panels]
     layers = [f"L{i}" for i in range(n_layers)]
     return _panels(grids, [[f"H{h}" for h in range(g.shape[1])] if k == "z" else [k] for k, g in zip(panels, grids,
                                                                                                  strict=True)],
-                   [layers] * len(panels), panels, [0.7 if k == "z" else 0.15 for k in panels],
-                   title or f"{atp.method.upper()}, {atp.subtask}: {atp.reduce} over positions, mean over "
-                   f"{atp.n_problems} problems")
+                   [layers] * len(panels), names, [0.7 if k == "z" else 0.15 for k in panels],
+                   title or f"{_what(atp)}, {atp.subtask}: mean over {atp.n_problems} problems"
+                   + (f"; MLPs: {_what(mlp)}" if mlp is not None else ""))
 
 
 def figure_qkv(atp, n_layers: int, *, title: str = "") -> go.Figure:
@@ -71,7 +89,8 @@ def figure_qkv(atp, n_layers: int, *, title: str = "") -> go.Figure:
                    [f"{k} ({g.shape[1]} head{'s' if g.shape[1] > 1 else ''})" for k, g in zip(panels, grids,
                                                                                               strict=True)],
                    [max(0.12, g.shape[1] / total) for g in grids],
-                   title or f"{atp.method.upper()} on queries, keys, values, {atp.subtask}")
+                   title or f"{_what(atp)} on queries, keys, values, {atp.subtask}: mean over {atp.n_problems} "
+                   "problems")
 
 
 def figure_position_map(result: Labelled, tokens: Sequence[str], *, last: int = 40, title: str = "") -> go.Figure:
