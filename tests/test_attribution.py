@@ -1,5 +1,5 @@
-"""AtP, layer-wise IG and EAP-IG against independent computations: explicit hook patches written here, finite
-differences of such patches, and the completeness of integrated gradients."""
+"""AtP, layer-wise IG and input-embedding IG against independent computations: explicit hook patches written here,
+finite differences of such patches, and the completeness of integrated gradients."""
 
 from __future__ import annotations
 
@@ -173,7 +173,7 @@ def test_ig_completeness_matches_exact_layer_patch(tiny_model, prompts, kind):
 
 
 def test_input_ig_completeness(tiny_model, prompts):
-    """EAP-IG: the input embeddings' attributions sum to metric(corrupted) - metric(clean)."""
+    """Input-embedding IG: the input embeddings' attributions sum to metric(corrupted) - metric(clean)."""
     model, (clean, corrupted, metric) = tiny_model, prompts
     res = input_integrated_gradients(model, clean, corrupted, metric, kinds=["resid_pre"], steps=32,
                                      max_batch=48, progress=False)["resid_pre"]

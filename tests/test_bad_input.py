@@ -42,7 +42,8 @@ def test_an_empty_batch_is_refused_by_every_method(gpt2_like):
         "patching": lambda: activation_patching(gpt2_like, e, e, metric, kind="z", progress=False),
         "AtP": lambda: attribution_patching(gpt2_like, e, e, metric, kinds=["z"]),
         "IG": lambda: integrated_gradients(gpt2_like, e, e, metric, kind="z", steps=2, progress=False),
-        "EAP-IG": lambda: input_integrated_gradients(gpt2_like, e, e, metric, kinds=["z"], steps=2, progress=False),
+        "input-embedding IG": lambda: input_integrated_gradients(gpt2_like, e, e, metric, kinds=["z"], steps=2,
+                                                                 progress=False),
         "self_repair": lambda: self_repair_sweep(gpt2_like, e, e, heads=["L0H0"], progress=False),
         "ablation": lambda: ablation_scan(gpt2_like, e, metric, components=["L0H0"], progress=False),
     }

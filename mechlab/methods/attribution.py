@@ -335,7 +335,8 @@ def _ig_pass(model, baseline, metric, chunk, names, base_cache, target_cache, gr
 
 
 # ---------------------------------------------------------------------------------------------------------
-# EAP-IG: interpolate the input embeddings, read every layer
+# input-embedding IG: interpolate the input embeddings, read every layer (the interpolation EAP-IG uses; it
+# attributes activations here, not edges)
 
 
 def input_integrated_gradients(
@@ -353,8 +354,8 @@ def input_integrated_gradients(
     max_batch: int = 64,
     progress: bool = True,
 ) -> dict[str, Labelled]:
-    """EAP-IG: gradients averaged over runs whose input embeddings (the residual stream entering layer 0) move
-    from the baseline run's to the target run's, times each activation's target - baseline difference.
+    """Input-embedding IG: gradients averaged over runs whose input embeddings (the residual stream entering layer 0)
+    move from the baseline run's to the target run's, times each activation's target - baseline difference.
 
     All layers and kinds come from the same ``steps`` passes (stacked along the batch, ``max_batch`` sequences
     per pass). Summed over ``L0 resid_pre`` it approaches ``metric(target) - metric(baseline)``; ``steps=1`` is
@@ -374,7 +375,7 @@ def input_integrated_gradients(
     pairs = ig_alphas(steps)
     per_pass = max(1, max_batch // batch)
     chunks = [pairs[i:i + per_pass] for i in range(0, steps, per_pass)]
-    for chunk in tqdm(chunks, desc=f"EAP-IG ({steps} steps)", disable=not progress):
+    for chunk in tqdm(chunks, desc=f"input-embedding IG ({steps} steps)", disable=not progress):
         n = len(chunk)
         a = torch.tensor([p[0] for p in chunk], device=baseline.device).repeat_interleave(batch).view(-1, 1, 1)
         w = torch.tensor([p[1] for p in chunk], device=baseline.device)
@@ -408,7 +409,7 @@ def input_integrated_gradients(
     metric_clean, metric_corr = ((metric_base, metric_target) if direction == "noising"
                                  else (metric_target, metric_base))
     scale, norm_text, unit = _normaliser(metric_clean, metric_corr, normalise)
-    meta = _meta("EAP-IG (input embeddings interpolated)", direction, norm_text, metric_clean, metric_corr,
+    meta = _meta("input-embedding IG (input embeddings interpolated)", direction, norm_text, metric_clean, metric_corr,
                  freeze_final_scale, steps=steps, alphas="trapezoidal rule on [0, 1]")
     per_kind: dict[str, dict[int, Tensor]] = {k: {} for k in kinds}
     for name, (kind, layer) in names.items():
