@@ -182,3 +182,22 @@ def test_integer_reference_refuses_float_answers():
     assert "dtype torch.float32" in compare_tensors(torch.tensor([1.0, 2.0]), torch.tensor([1, 2]), what="ids")
     assert compare_tensors(torch.tensor([1, 2], dtype=torch.int32), torch.tensor([1, 2])) == ""
     assert compare_tensors(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 2.0])) == ""
+
+
+def test_expect_learned_asserts_on_real_weights_and_skips_on_a_standin(capsys):
+    from dataclasses import replace
+
+    from mechlab.checks.core import SKIPPED_ON_STANDIN, expect_learned
+    from mechlab.core.loading import ModelInfo
+
+    model = torch.nn.Linear(2, 2)
+    model.mechlab_info = ModelInfo(name="gpt2", requested="gpt2", source="hub", device="cpu", dtype="float32",
+                                   weights="raw")
+    assert expect_learned(model, "IOI answered", True)
+    with pytest.raises(AssertionError, match="IOI answered: logit difference -0.1"):
+        expect_learned(model, "IOI answered", False, "logit difference -0.1")
+    model.mechlab_info = replace(model.mechlab_info, standin=True)
+    assert "STAND-IN" in str(model.mechlab_info)
+    assert expect_learned(model, "IOI answered", False, "logit difference -0.1") is False
+    assert "skipped on a stand-in model: IOI answered" in capsys.readouterr().out
+    assert "IOI answered" in SKIPPED_ON_STANDIN

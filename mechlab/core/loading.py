@@ -66,10 +66,12 @@ class ModelInfo:
     device: str
     dtype: str
     weights: str  # e.g. "raw HF weights (no folding)" or "LayerNorm folded, weights centred"
+    standin: bool = False  # random weights served under a real model's name (CI's GPT-2 / Gemma code-path mode)
 
     def __str__(self) -> str:
         sub = "" if self.name == self.requested else f" (substituted for {self.requested!r})"
-        return f"{self.name}{sub} [{self.source}; {self.device}, {self.dtype}; {self.weights}]"
+        stand = "; STAND-IN: random weights under this name, so learned behaviour is absent" if self.standin else ""
+        return f"{self.name}{sub} [{self.source}; {self.device}, {self.dtype}; {self.weights}{stand}]"
 
 
 # ---------------------------------------------------------------------------------------------------------
