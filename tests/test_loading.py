@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from mechlab.core.loading import ModelUnavailableError, course_model, load_model, resolve_model_name
+from mechlab.core.loading import ModelUnavailableError, course_model, load_model, organism_available, resolve_model_name
 
 
 def test_tiny_families_have_the_promised_architectures(gpt2_like, gemma_like):
@@ -61,3 +61,33 @@ def test_course_model_override_is_printed(monkeypatch, capsys):
 def test_offline_resolves_to_a_loadable_model():
     assert resolve_model_name("offline") in {"organism", "tiny-gpt2"}
     assert resolve_model_name("gpt2") == "gpt2"
+
+
+@pytest.mark.skipif(not organism_available(), reason="needs the shipped organism checkpoint")
+def test_a_loaded_model_does_not_change_when_its_checkpoint_file_is_rewritten_in_place(tmp_path):
+    """safetensors memory-maps the checkpoint; before the fix, rewriting the file's bytes in place (cp over it,
+    save_file to the same path) changed all 58 weights of a model already loaded from it, between two cells."""
+    import shutil
+
+    from mechlab.core.loading import ORGANISM_CHECKPOINT
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(ORGANISM_CHECKPOINT, folder)
+    model = load_model(str(folder), verbose=False)
+    tokens = torch.tensor([[0, 5, 9, 14, 3, 7]])
+    with torch.no_grad():
+        before = model(tokens).clone()
+    weights = {k: v.detach().clone() for k, v in model.named_parameters()}
+    path = folder / "model.safetensors"
+    data = bytearray(path.read_bytes())
+    header = int.from_bytes(data[:8], "little")
+    for i in range(8 + header + 16, len(data) - 16, 97):  # flip bits in the tensor data, same file (same inode)
+        data[i] ^= 0x01
+    with open(path, "r+b") as f:
+        f.write(data)
+    changed = [k for k, v in model.named_parameters() if not torch.equal(v.detach(), weights[k])]
+    assert not changed, f"{len(changed)} weights changed with the file: {changed[:3]}"
+    with torch.no_grad():
+        assert torch.equal(model(tokens), before)
+    hf = model.original_model
+    assert hf.lm_head.weight.data_ptr() == hf.transformer.wte.weight.data_ptr(), "tied embeddings must stay tied"

@@ -334,6 +334,8 @@ def load_model(
             model = _boot_hub(name, token=token, device=load_dev, dtype=torch_dtype)
 
     model.eval()
+    if source != "random init":
+        _own_memory(model)
     if dev == "mps":
         model.to("mps")
         if not _mps_agrees_with_cpu(model):
@@ -353,6 +355,27 @@ def load_model(
         print(f"mechlab: loaded {info}: {c.n_layers} layers, {c.n_heads} heads, d_model {c.d_model}, "
               f"d_vocab {c.d_vocab}")
     return model
+
+
+def _own_memory(model) -> None:
+    """Copy the CPU weights that still live in the checkpoint's memory-mapped file into the process's own memory.
+
+    safetensors maps the checkpoint file, and transformers keeps the mapped pages as the CPU weights. A tool that
+    rewrites that file in place (``cp`` over it, ``safetensors.torch.save_file``, ``torch.save`` to the same path)
+    then changes a running model's weights under it, between two cells of a notebook. After this, a loaded model
+    depends on no file. Tensors that share a storage (tied embeddings, views) still share one copy.
+    """
+    copies: dict[int, torch.UntypedStorage] = {}
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            if tensor.device.type != "cpu" or tensor.numel() == 0:
+                continue
+            storage = tensor.untyped_storage()
+            key = storage.data_ptr()
+            if key not in copies:
+                copies[key] = storage.clone()
+            tensor.data = torch.empty(0, dtype=tensor.dtype).set_(copies[key], tensor.storage_offset(),
+                                                                  tensor.size(), tensor.stride())
 
 
 def _boot_random(arch: str, *, seed: int, device: str, dtype: torch.dtype):
