@@ -1,8 +1,9 @@
-"""DLA, exact activation patching, AtP and IG on an ``nnsight.TransformersModel``, with the bridge path's labelled results.
+"""DLA, exact activation patching, AtP and IG on an ``nnsight.TransformersModel``, with the bridge's labelled results.
 
-Each function mirrors one in ``mechlab.methods`` (same arguments where they make sense, same labels, same units and
-conventions: noising / denoising, ``effect``, ``normalise``) and is tested against it to 1e-5 in fp32
-(``tests/test_nnsight_backend.py``). What differs is how the work is shipped:
+Each ``nnsight_*`` function mirrors the one of the same name without the prefix in ``mechlab.methods`` (same
+arguments where they make sense, same labels, same units and conventions: noising / denoising, ``effect``,
+``normalise``) and is tested against it to 1e-5 in fp32 (``tests/test_nnsight_backend.py``). What differs is how the
+work is shipped:
 
 - **One trace per batch of interventions.** Patches are not run one trace each. A trace's single invoke stacks the
   clean run, the corrupted run and one copy of the baseline run per patch along the batch axis; every patch reads its
@@ -30,7 +31,7 @@ Example::
     from mechlab.core.runs import logit_diff_metric
     lm = organism_language_model()
     ...  # clean, corrupted token ids and a metric, as for mechlab.methods.patching
-    heads = activation_patching(lm, clean, corrupted, metric, kind="z", per_position=False)
+    heads = nnsight_activation_patching(lm, clean, corrupted, metric, kind="z", per_position=False)
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ DEFAULT_MAX_BATCH = 512  # sequences per trace when max_batch is not given
 # labels and input checks
 
 
-def component_labels(lm) -> list[str]:
+def nnsight_component_labels(lm) -> list[str]:
     """DLA's rows: ``embed``, ``pos_embed`` (learned positions only), ``L{l}H{h}`` and ``L{l} mlp``, ``bias``."""
     s = sites(lm)
     labels = ["embed"] + (["pos_embed"] if s.has_pos_embed else [])
@@ -80,7 +81,7 @@ def component_labels(lm) -> list[str]:
     return labels + ["bias"]
 
 
-def row_labels(lm, kind: str, layers: Sequence[int]) -> list[str]:
+def nnsight_row_labels(lm, kind: str, layers: Sequence[int]) -> list[str]:
     """Rows of a patching / AtP / IG result: ``L{l} resid_pre``, ``L{l} attn``, ``L{l} mlp`` or ``L{l}H{h}``."""
     _check_kind(kind)
     if kind != "z":
@@ -212,7 +213,7 @@ def _logits(lm):
 # DLA
 
 
-def logit_diff_dla(
+def nnsight_logit_diff_dla(
     lm,
     tokens: Int[Tensor, "batch pos"],
     correct: Int[Tensor, " batch"],
@@ -227,8 +228,8 @@ def logit_diff_dla(
     norm's scale frozen at this run's value: :func:`mechlab.methods.dla.logit_diff_dla` on nnsight.
 
     One trace; the contributions are computed inside it and only [component, batch] and the model's own logit
-    difference [batch] are saved. Returns ``Labelled`` over :func:`component_labels`, unit "logit diff"; the values
-    sum to ``meta["logit_diff"]``.
+    difference [batch] are saved. Returns ``Labelled`` over :func:`nnsight_component_labels`, unit "logit diff";
+    the values sum to ``meta["logit_diff"]``.
     """
     s = sites(lm)
     tokens = _tokens(lm, tokens, "DLA")
@@ -250,7 +251,7 @@ def logit_diff_dla(
         values, actual = _dla_rows(lm, writers, zs, mlps, resid, good, bad)
         values, actual = values.cpu().save(), actual.cpu().save()
     values, actual = torch.as_tensor(values), torch.as_tensor(actual)
-    return Labelled(values if per_prompt else values.mean(1), component_labels(lm), unit="logit diff",
+    return Labelled(values if per_prompt else values.mean(1), nnsight_component_labels(lm), unit="logit diff",
                     axes=("component", "batch") if per_prompt else ("component",),
                     meta={"method": "direct logit attribution (nnsight)", "final_scale": FROZEN_SCALE_NOTE,
                           "bias": BIAS_NOTE, "logit_diff": float(actual.mean()), "logit_diff_per_prompt": actual,
@@ -294,13 +295,14 @@ def _dla_rows(lm, writers, zs, mlps, resid, good, bad):
 # exact activation patching
 
 
-def _patches(lm, kind: str, layers: list[int], n_pos: int, per_position: bool) -> list[tuple[int, int | None, int | None]]:
+def _patches(lm, kind: str, layers: list[int], n_pos: int, per_position: bool) -> list[tuple]:
+    """(layer, head or None, position or None) for every patch, in the order of the result's rows."""
     heads = range(sites(lm).n_heads) if kind == "z" else [None]
     positions = range(n_pos) if per_position else [None]
     return [(layer, head, p) for layer in layers for head in heads for p in positions]
 
 
-def activation_patching(
+def nnsight_activation_patching(
     lm,
     clean: Int[Tensor, "batch pos"],
     corrupted: Int[Tensor, "batch pos"],
@@ -345,7 +347,7 @@ def activation_patching(
     values = torch.cat(values).mean(1)
     m_base = m_clean if direction == "noising" else m_corr
     values, unit, how = _normalise(values, m_clean.mean(), m_corr.mean(), m_base.mean(), effect, normalise)
-    labels = row_labels(lm, kind, layers)
+    labels = nnsight_row_labels(lm, kind, layers)
     if per_position:
         values = values.view(len(labels), n_pos)
     meta = {"method": "exact activation patching (nnsight)", "kind": kind, "direction": direction,
@@ -423,7 +425,7 @@ def _site_order(kinds: list[str]) -> list[str]:
 def _assemble(lm, kind, layers, per_layer: dict[int, Tensor], scale: float, meta: dict, unit: str) -> Labelled:
     rows = [per_layer[layer][None] if per_layer[layer].ndim == 1 else per_layer[layer].T for layer in layers]
     values = (torch.cat(rows) / scale).cpu()
-    return Labelled(values, row_labels(lm, kind, layers), unit=unit, axes=("component", "pos"),
+    return Labelled(values, nnsight_row_labels(lm, kind, layers), unit=unit, axes=("component", "pos"),
                     meta={**meta, "kind": kind, "layers": list(layers)})
 
 
@@ -445,7 +447,7 @@ def _meta(method, direction, norm_text, m_clean, m_corr, **extra) -> dict:
             "final_scale": "live (gradient flows through the norm)", "accumulation": "fp32", **extra}
 
 
-def attribution_patching(
+def nnsight_attribution_patching(
     lm,
     clean: Int[Tensor, "batch pos"],
     corrupted: Int[Tensor, "batch pos"],
@@ -463,7 +465,8 @@ def attribution_patching(
     One trace, one forward and one backward over the baseline and target prompts stacked in one batch; the products
     ``(a_target - a_baseline) . grad`` are reduced inside the trace and only they are saved.
     """
-    kinds = _site_order(_check_kinds(kinds))
+    requested = _check_kinds(kinds)
+    kinds = _site_order(requested)  # the order the forward pass reaches them
     _check_direction(direction)
     clean, corrupted = _pair(lm, clean, corrupted)
     layers = _layers(lm, layers)
@@ -492,10 +495,10 @@ def attribution_patching(
     per_kind: dict[str, dict[int, Tensor]] = {k: {} for k in kinds}
     for (kind, layer), score in zip(keys, scores, strict=True):
         per_kind[kind][layer] = score
-    return {k: _assemble(lm, k, layers, per_kind[k], scale, meta, unit) for k in kinds}
+    return {k: _assemble(lm, k, layers, per_kind[k], scale, meta, unit) for k in requested}
 
 
-def integrated_gradients(
+def nnsight_integrated_gradients(
     lm,
     clean: Int[Tensor, "batch pos"],
     corrupted: Int[Tensor, "batch pos"],
@@ -580,5 +583,6 @@ def _ig_trace(lm, baseline, target, metric, kind, chunk, kwargs):
     return partial, metrics
 
 
-__all__ = ["NNSIGHT_KINDS", "activation_patching", "attribution_patching", "component_labels",
-           "integrated_gradients", "logit_diff_dla", "row_labels"]
+__all__ = ["NNSIGHT_KINDS", "nnsight_activation_patching", "nnsight_attribution_patching",
+           "nnsight_component_labels",
+           "nnsight_integrated_gradients", "nnsight_logit_diff_dla", "nnsight_row_labels"]

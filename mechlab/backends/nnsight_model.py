@@ -9,6 +9,7 @@ This module holds what every method of :mod:`mechlab.backends.nnsight_methods` s
     language_model(hf_model, tokenizer)   an ``nnsight.TransformersModel`` (a causal LM) around a model in memory
     twin_of_bridge(bridge)                a fresh HF model with a TransformerBridge's exact weights, wrapped
     organism_language_model()             the shipped organism, loaded straight from its checkpoint
+    remote_language_model(repo_id)        a hub model on the meta device (no weights here), for remote=True
     Sites / sites(lm)                     the architecture's shape and where each activation kind lives
     trace_kwargs(lm, remote, api_key)     what ``lm.trace`` gets: nothing, ``remote="local"`` or an NDIF backend
     ndif_api_key(), ndif_reachable()      the NDIF key (never printed, written or put in os.environ) and a probe
@@ -41,7 +42,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from mechlab.core.loading import ORGANISM_CHECKPOINT, organism_available
+from mechlab.core.loading import ORGANISM_CHECKPOINT, looks_like_path, organism_available
 
 try:  # optional dependency: pip install mechlab[nnsight]
     import nnsight
@@ -89,7 +90,8 @@ def require_nnsight() -> None:
 
 
 def language_model(hf_model, tokenizer):
-    """``nnsight.TransformersModel`` (task "text-generation"; ``LanguageModel`` is its deprecated name) around ``hf_model`` (an HF ``*ForCausalLM`` in memory) and its tokenizer."""
+    """``nnsight.TransformersModel`` (task "text-generation"; ``LanguageModel`` is its deprecated name) around
+    ``hf_model`` (an HF ``*ForCausalLM`` in memory) and its tokenizer."""
     require_nnsight()
     if not isinstance(hf_model, torch.nn.Module) or not hasattr(hf_model, "config"):
         raise ValueError(f"hf_model is a {type(hf_model).__name__}; expected a Hugging Face causal LM module (e.g. "
@@ -108,6 +110,17 @@ def organism_language_model(*, device: str = "cpu", dtype: torch.dtype = torch.f
     hf = AutoModelForCausalLM.from_pretrained(str(ORGANISM_CHECKPOINT), attn_implementation="eager", dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(str(ORGANISM_CHECKPOINT))
     return language_model(hf.to(device), tokenizer)
+
+
+def remote_language_model(repo_id: str):
+    """An nnsight model of hub model ``repo_id`` on the meta device (no weights here), for ``remote=True`` on NDIF.
+
+    Needs the hub for the config and tokenizer (Colab); offline it raises transformers' own error.
+    """
+    require_nnsight()
+    if not isinstance(repo_id, str) or "/" not in repo_id:
+        raise ValueError(f"repo_id={repo_id!r}; expected a hub id such as 'meta-llama/Llama-3.1-70B'.")
+    return TransformersModel(repo_id, task="text-generation")
 
 
 def twin_of_bridge(bridge, *, dtype: torch.dtype | None = None):
@@ -177,9 +190,9 @@ def sites(lm) -> Sites:
     """:class:`Sites` of a wrapped ``nnsight.TransformersModel``."""
     require_nnsight()
     if TransformersModel is None or not isinstance(lm, TransformersModel):
-        raise ValueError(f"expected an nnsight.TransformersModel (from language_model(...), organism_language_model() or "
-                         f"twin_of_bridge(...)); got {type(lm).__name__}. The TransformerBridge path is "
-                         "mechlab.methods.")
+        raise ValueError(f"expected an nnsight.TransformersModel (from language_model(...), "
+                         f"organism_language_model() or twin_of_bridge(...)); got {type(lm).__name__}. The "
+                         "TransformerBridge path is mechlab.methods.")
     return sites_of_config(lm.config)
 
 
@@ -301,6 +314,12 @@ def trace_kwargs(lm, remote: bool | str = False, api_key: str | None = None) -> 
     if remote is not True:
         raise ValueError(f"remote={remote!r}; expected False (run here), True (run on NDIF) or 'local' (nnsight's "
                          "offline dry run of the remote path).")
+    repo_id = getattr(lm, "repo_id", None)
+    if not isinstance(repo_id, str) or not repo_id or looks_like_path(repo_id) or os.path.exists(repo_id):
+        raise ValueError(f"remote=True needs a model NDIF serves, named by its hub id: build it with "
+                         f"remote_language_model('meta-llama/Llama-3.1-70B') (weights stay on the meta device). This "
+                         f"model was built from a module in memory or a local folder ({repo_id!r}), which no server "
+                         "has. Nothing was sent.")
     key = api_key or ndif_api_key()
     if not key:
         raise ValueError(_no_key_message())
@@ -326,5 +345,5 @@ def describe_remote_call(model_id: str, method: str, batch: int, n_pos: int, sav
 __all__ = ["INSTALL_HINT", "NDIFUnavailableError", "NDIF_KEY_ENV", "Sites", "attention", "blocks",
            "describe_remote_call", "final_norm", "final_norm_affine", "language_model", "lm_device",
            "ndif_api_key", "ndif_host", "ndif_reachable", "nnsight_available", "o_proj_bias", "o_proj_weight",
-           "organism_language_model", "out_projection", "require_nnsight", "sites", "sites_of_config",
-           "token_embedding", "trace_kwargs", "twin_of_bridge", "unembedding"]
+           "organism_language_model", "out_projection", "remote_language_model", "require_nnsight", "sites",
+           "sites_of_config", "token_embedding", "trace_kwargs", "twin_of_bridge", "unembedding"]
