@@ -10,7 +10,8 @@ import torch
 
 from mechlab.backends.nnsight_model import blocks, nnsight_available, sites
 
-pytestmark = pytest.mark.skipif(not nnsight_available(), reason="nnsight is not installed: pip install mechlab[nnsight]")
+pytestmark = pytest.mark.skipif(not nnsight_available(),
+                                reason="nnsight is not installed: pip install mechlab[nnsight]")
 
 
 @pytest.fixture(scope="module")

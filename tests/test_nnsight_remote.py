@@ -210,3 +210,26 @@ def test_the_offline_description_says_what_travels():
                                               ["[component, batch] contributions"])
     assert "meta-llama/Llama-3.1-70B" in text and "[8, 20]" in text and "no weights travel" in text
     assert "[component, batch] contributions" in text
+
+
+@needs_nnsight
+def test_the_remote_path_dry_run_gives_the_local_numbers(lm):
+    """remote="local": nnsight serialises each trace as for NDIF (mechlab's modules by value), deserialises and runs
+    it here; the results must equal the in-process run's."""
+    clean = torch.tensor([[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]])
+    corrupted = clean.clone()
+    corrupted[:, 2] = torch.tensor([11, 12])
+    good, bad = torch.tensor([5, 6]), torch.tensor([8, 9])
+    metric = logit_diff_metric(good, bad)
+    for remote in (False, "local"):
+        out = (nm.nnsight_logit_diff_dla(lm, clean, good, bad, remote=remote).values,
+               nm.nnsight_activation_patching(lm, clean, corrupted, metric, kind="z", remote=remote,
+                                              progress=False).values,
+               nm.nnsight_attribution_patching(lm, clean, corrupted, metric, kinds=["mlp_out"],
+                                               remote=remote)["mlp_out"].values,
+               nm.nnsight_integrated_gradients(lm, clean, corrupted, metric, kind="resid_pre", steps=3,
+                                               remote=remote, progress=False).values)
+        if remote is False:
+            here = out
+    for a, b in zip(here, out, strict=True):
+        assert torch.allclose(a, b, atol=1e-6)

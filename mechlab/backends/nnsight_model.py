@@ -310,6 +310,7 @@ def trace_kwargs(lm, remote: bool | str = False, api_key: str | None = None) -> 
     if remote is False or remote is None:
         return {}
     if remote == "local":
+        _ship_mechlab()
         return {"remote": "local"}
     if remote is not True:
         raise ValueError(f"remote={remote!r}; expected False (run here), True (run on NDIF) or 'local' (nnsight's "
@@ -329,7 +330,18 @@ def trace_kwargs(lm, remote: bool | str = False, api_key: str | None = None) -> 
                                    "or offline mode is set). Run the same call with remote=False on a model that "
                                    "fits here (the organism), or retry from a machine with internet access (Colab). "
                                    "Nothing was sent.")
+    _ship_mechlab()
     return {"backend": RemoteBackend(lm.to_model_key(), host=host, api_key=key)}
+
+
+# what a trace body calls from mechlab; NDIF has no mechlab, so these travel by value (their source, in the request)
+REMOTE_MODULES = ("mechlab.core.activations", "mechlab.core.tokens", "mechlab.core.runs",
+                  "mechlab.backends.nnsight_model", "mechlab.backends.nnsight_methods")
+
+
+def _ship_mechlab() -> None:
+    for name in REMOTE_MODULES:
+        nnsight.register(name)
 
 
 def describe_remote_call(model_id: str, method: str, batch: int, n_pos: int, saved: list[str],
@@ -342,7 +354,7 @@ def describe_remote_call(model_id: str, method: str, batch: int, n_pos: int, sav
     return "\n".join(lines)
 
 
-__all__ = ["INSTALL_HINT", "NDIFUnavailableError", "NDIF_KEY_ENV", "Sites", "attention", "blocks",
+__all__ = ["INSTALL_HINT", "NDIFUnavailableError", "NDIF_KEY_ENV", "REMOTE_MODULES", "Sites", "attention", "blocks",
            "describe_remote_call", "final_norm", "final_norm_affine", "language_model", "lm_device",
            "ndif_api_key", "ndif_host", "ndif_reachable", "nnsight_available", "o_proj_bias", "o_proj_weight",
            "organism_language_model", "out_projection", "remote_language_model", "require_nnsight", "sites",
