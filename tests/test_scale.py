@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from mechlab.backends.scale import GIB, LLAMA_31_70B, ModelShape, download_per_method, memory_per_method
+from mechlab.backends.scale import LLAMA_31_70B, ModelShape, download_per_method, memory_per_method
+from mechlab.core.preflight import GIB
 
 TOY = ModelShape("toy", n_layers=2, d_model=4, n_heads=2, n_kv_heads=1, d_head=2, d_mlp=8, d_vocab=10, n_params=100)
 

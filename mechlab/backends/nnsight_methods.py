@@ -22,7 +22,8 @@ final norm's input (LayerNorm: ``sqrt(var + eps)``; RMSNorm: ``sqrt(mean(x^2) + 
 ``ln_final.hook_scale`` holds.
 
 ``remote``: False (default) runs here; True sends every trace to NDIF (a key is needed:
-:func:`mechlab.backends.nnsight_model.trace_kwargs`); ``"local"`` is nnsight's offline dry run of the remote path.
+:func:`mechlab.backends.nnsight_model.trace_kwargs`), and ``meta["ndif"]`` keeps what NDIF reported about the last
+request (server runtime, peak memory); ``"local"`` is nnsight's offline dry run of the remote path.
 
 Example::
 
@@ -209,6 +210,12 @@ def _logits(lm):
     return lm.output.logits
 
 
+def _ndif_meta(kwargs: dict) -> dict:
+    """What NDIF reported about the last request (server runtime, peak memory), when the call went to NDIF."""
+    backend = kwargs.get("backend")
+    return {} if backend is None else {"ndif": getattr(backend, "meta", None)}
+
+
 # ---------------------------------------------------------------------------------------------------------
 # DLA
 
@@ -255,7 +262,7 @@ def nnsight_logit_diff_dla(
                     axes=("component", "batch") if per_prompt else ("component",),
                     meta={"method": "direct logit attribution (nnsight)", "final_scale": FROZEN_SCALE_NOTE,
                           "bias": BIAS_NOTE, "logit_diff": float(actual.mean()), "logit_diff_per_prompt": actual,
-                          "positions": p})
+                          "positions": p, **_ndif_meta(kwargs)})
 
 
 def _dla_rows(lm, writers, zs, mlps, resid, good, bad):
@@ -355,7 +362,7 @@ def nnsight_activation_patching(
             else "clean activations into the corrupted run",
             "metric_clean": float(m_clean.mean()), "metric_corrupted": float(m_corr.mean()),
             "metric_baseline": float(m_base.mean()), "normalisation": how, "layers": layers,
-            "traces": len(chunks)}
+            "traces": len(chunks), **_ndif_meta(kwargs)}
     return Labelled(values.cpu(), labels, unit=unit, axes=("component", "pos") if per_position else ("component",),
                     meta=meta)
 
@@ -491,7 +498,7 @@ def nnsight_attribution_patching(
     metric_base, metric_target = metrics[0], metrics[1]
     m_clean, m_corr = (metric_base, metric_target) if direction == "noising" else (metric_target, metric_base)
     scale, norm_text, unit = _normaliser(m_clean, m_corr, normalise)
-    meta = _meta("attribution patching (AtP, nnsight)", direction, norm_text, m_clean, m_corr)
+    meta = _meta("attribution patching (AtP, nnsight)", direction, norm_text, m_clean, m_corr, **_ndif_meta(kwargs))
     per_kind: dict[str, dict[int, Tensor]] = {k: {} for k in kinds}
     for (kind, layer), score in zip(keys, scores, strict=True):
         per_kind[kind][layer] = score
@@ -546,7 +553,7 @@ def nnsight_integrated_gradients(
     m_clean, m_corr = (metric_base, metric_target) if direction == "noising" else (metric_target, metric_base)
     scale, norm_text, unit = _normaliser(m_clean, m_corr, normalise)
     meta = _meta("AtP with integrated gradients (one layer at a time, nnsight)", direction, norm_text, m_clean,
-                 m_corr, steps=steps, alphas="trapezoidal rule on [0, 1]", traces=len(chunks))
+                 m_corr, steps=steps, alphas="trapezoidal rule on [0, 1]", traces=len(chunks), **_ndif_meta(kwargs))
     return _assemble(lm, kind, layers, total, scale, meta, unit)
 
 

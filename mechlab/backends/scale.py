@@ -29,9 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
+from mechlab.core.preflight import GIB
 from mechlab.core.results import Labelled
-
-GIB = 1024 ** 3
 
 
 @dataclass(frozen=True)
@@ -106,4 +105,4 @@ def download_per_method(shape: ModelShape, *, batch: int, n_pos: int, bytes_per:
                     meta={"model": s.name, "batch": batch, "n_pos": n_pos})
 
 
-__all__ = ["GIB", "LLAMA_31_70B", "ModelShape", "download_per_method", "memory_per_method", "shape_of_config"]
+__all__ = ["LLAMA_31_70B", "ModelShape", "download_per_method", "memory_per_method", "shape_of_config"]
