@@ -8,7 +8,7 @@ organism and on the tiny models, except AtP on the tiny models (1e-4; float64 ag
 bf16 (both backends in bf16, the same bf16 weights), measured on the tiny models:
     DLA                1e-3 (the same bf16 forward; the sums are fp32 in both)
     exact patching     2e-3 (the same bf16 forward; only the metric's rounding differs)
-    AtP                2e-2 (the bf16 backward runs in a different order)
+    AtP and IG         2e-2 (the bf16 backward runs in a different order)
 
 Skipped, with the reason printed, when nnsight is not installed (``pip install mechlab[nnsight]``).
 """
@@ -274,6 +274,8 @@ def test_bf16_tolerances(name):
     got = nm.nnsight_attribution_patching(lm, clean, corrupted, metric, kinds=KINDS)
     for kind in KINDS:
         _same(want[kind], got[kind], 0.02)
+    _same(attribution.integrated_gradients(bridge, clean, corrupted, metric, kind="z", steps=4, progress=False),
+          nm.nnsight_integrated_gradients(lm, clean, corrupted, metric, kind="z", steps=4, progress=False), 0.02)
 
 
 # ---------------------------------------------------------------------------------------------------------

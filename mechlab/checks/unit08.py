@@ -31,7 +31,7 @@ from collections.abc import Callable
 import torch
 
 from mechlab.backends.nnsight_methods import nnsight_activation_patching
-from mechlab.backends.nnsight_model import attention, blocks, sites, twin_of_bridge
+from mechlab.backends.nnsight_model import attention, blocks, lm_device, sites, twin_of_bridge
 from mechlab.checks.core import Case, CheckFailed, compare_tensors, run_cases
 from mechlab.core.loading import load_model
 from mechlab.core.runs import logit_diff_metric
@@ -107,7 +107,7 @@ def _patch_cases() -> list[Case]:
         gen = torch.Generator().manual_seed(20 + k)
         for layer, pos, batch in ((0, 2, 2), (1, 4, 3)):
             tokens = _tokens(lm, batch, 6, seed=30 + 7 * k + layer)
-            new = torch.randn(batch, d_model, generator=gen) * 3
+            new = (torch.randn(batch, d_model, generator=gen) * 3).to(lm_device(lm))  # on the model's device
             cases.append(Case(f"{family}, layer {layer}, position {pos}, batch {batch}",
                               (lm, tokens, layer, pos, new)))
     first = cases[0]
