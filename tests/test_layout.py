@@ -10,7 +10,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "mechlab"
 # bottom to top; a module may import its own layer and the layers below it
-LAYERS = ["core", "data", "models", "methods", "cot", "plot", "checks", "course"]
+LAYERS = ["core", "data", "models", "methods", "backends", "cot", "plot", "checks", "course"]
 RANK = {name: i for i, name in enumerate(LAYERS)}
 MODULES = sorted(p for p in PACKAGE.rglob("*.py"))
 
