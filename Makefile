@@ -17,7 +17,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	@$(VPY) -c "import torch" 2>/dev/null || $(VPY) -m pip install -q "$(TORCH_SPEC)"
-	$(VPY) -m pip install -q -e ".[course,dev]"
+	$(VPY) -m pip install -q -e ".[course,dev,nnsight]"
 	@$(VPY) -c "import torch, transformer_lens; import importlib.metadata as m; print('mechlab setup: torch', torch.__version__, '| transformer_lens', m.version('transformer_lens'))"
 	@touch $(STAMP)
 
