@@ -64,7 +64,7 @@ def test_a_page_broken_on_purpose_fails(built, tmp_path):
     report = site_check.check_site(broken, pages=rels, search=False)
     problems = "\n".join(report.problems)
     rel = str(unit.relative_to(broken))
-    assert f"{rel}: uncaught: Error: broken on purpose" in problems
+    assert f"{rel}: uncaught: broken on purpose" in problems
     assert f"{rel}: plotly figure 1 did not draw" in problems
     assert f"{rel}: broken link to units/no-such-page.html" in problems
     assert "no id 'no-such-id'" in problems

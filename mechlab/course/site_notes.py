@@ -408,8 +408,15 @@ def notes_markdown(unit: Unit, root: Path = ROOT, timings: dict | None = None) -
         if timing.stale:
             lines += [f"!!! warning \"Timed before the notebook's last change\"\n    The run time below is the earlier "
                       f"version's, spread over the cells by their length; re-time it with {retime}.", ""]
+        if "load_average" not in t:
+            busy = "; the machine was shared with other work (its load was not recorded), so these are upper bounds"
+        elif t["load_average"] > 1.5:
+            busy = f"; the machine was busy (load average {t['load_average']}), so these are upper bounds"
+        else:
+            busy = ""
         lines += [f"Walkthrough: **{timing.walkthrough_minutes} min**. Run times were measured on "
-                  f"{t['model']} ({t['machine']}, {t['measured']}; {t['total_seconds']} s in cells); reading times "
+                  f"{t['model']} ({t['machine']}, {t['measured']}; {t['total_seconds']} s in cells{busy}). Reading "
+                  "times "
                   f"are estimated at {WORDS_PER_MINUTE} words and {CODE_LINES_PER_MINUTE} lines of code a minute. "
                   "On GPT-2 in Colab the run times differ (a GPU, a larger model, a first download of the weights).",
                   "", "| section | reading (min) | running (min) | total (min) |", "|---|---|---|---|"]

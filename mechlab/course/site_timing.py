@@ -8,7 +8,8 @@ re-run does not change every cell), so the times are measured here and written t
 Each notebook runs once, headless, through the same runner as ``make course`` (``mechlab.course.run.run_one``,
 which keeps nbclient's per-cell timestamps). The notebook files are only read. For each notebook the file holds
 the seconds of every code cell (by cell index), their total, the model it ran on, a hash of the cells' sources (so
-the site can say when a notebook changed after it was timed) and the machine it ran on. Notebooks not named keep
+the site can say when a notebook changed after it was timed), the machine it ran on and the machine's 5-minute
+load average at the end (times measured on a busy machine are upper bounds). Notebooks not named keep
 their earlier entry.
 """
 
@@ -73,6 +74,7 @@ def measure(path: Path, *, timeout: int = 1800) -> dict:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.python_implementation()} "
                    f"{platform.python_version()}",
         "mechlab_model": os.environ.get("MECHLAB_MODEL", ""),
+        "load_average": round(os.getloadavg()[1], 1),  # other work on the machine slows the cells: say how much
     }
 
 
