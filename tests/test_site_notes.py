@@ -102,10 +102,19 @@ def test_questions_get_the_collapsed_answer_or_what_follows():
         nbformat.v4.new_markdown_cell("The gap is 3 nats, as printed. `x?` is code, not a question."),
     ]
     nb.cells[2].outputs = [nbformat.v4.new_output("stream", name="stdout", text="gap 3\n")]
+    qs = {q.text: q for q in site_notes.questions_in(nb, "walkthrough")}
+    assert sorted(qs) == ["How large is the gap?", "Is it linear?", "which head wins?"]
+    # the collapsed answer answers the paragraph just before it, not the heading two paragraphs up
+    assert qs["which head wins?"].answer == "Head L1H2." and qs["which head wins?"].source == site_notes.ANSWERED
+    assert qs["Is it linear?"].source != site_notes.ANSWERED
+    assert "gap 3" in qs["How large is the gap?"].answer and "The gap is 3 nats" in qs["How large is the gap?"].answer
+
+
+def test_a_list_of_open_questions_needs_written_answers():
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("### Questions for you\n\n1. Why a?\n2. Why b?\n3. Why c?")]
     qs = site_notes.questions_in(nb, "walkthrough")
-    assert [q.text for q in qs] == ["Is it linear?", "which head wins?", "How large is the gap?"]
-    assert qs[1].answer == "Head L1H2." and qs[1].source == "the notebook's collapsed answer"
-    assert "gap 3" in qs[2].answer and "The gap is 3 nats" in qs[2].answer
+    assert [q.text for q in qs] == ["Why a?", "Why b?", "Why c?"] and {q.source for q in qs} == {site_notes.OPEN}
 
 
 def test_timing_sections_add_measured_and_reading_time():

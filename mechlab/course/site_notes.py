@@ -45,6 +45,7 @@ MINUTES = re.compile(r"~\s*(\d+)\s*min")
 CHECKER_CALL = re.compile(r"\b(unit\w+)\.(check_\w+)\s*\(")
 ANSWER_BLOCK = re.compile(r"<details>\s*<summary>\s*Answer\s*</summary>(.*?)</details>", re.S | re.I)
 HINT_OR_ANSWER = re.compile(r"<details>.*?</details>", re.S)
+OPEN_ANSWERS = "## Answers to open questions"
 REQUIRED_SECTIONS = ("## Learning goals", "## Expected findings on GPT-2 and Gemma-2b (literature)",
                      "## Where learners get stuck")
 
@@ -309,6 +310,26 @@ def _clean(text: str) -> str:
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", text)).strip()
 
 
+OPEN = "open question"
+ANSWERED = "the notebook's collapsed answer"
+WRITTEN = "answer written for these notes"
+
+
+def _is_final(cells, index: int) -> bool:
+    """Is ``cells[index]`` the notebook's last code cell (its checks, which answer no question)?"""
+    return all(c.cell_type != "code" for c in cells[index + 1:])
+
+
+def _first_paragraph(markdown: str) -> str:
+    """The first paragraph of prose in a markdown cell (headings, hints and answers left out)."""
+    text = HINT_OR_ANSWER.sub(" ", markdown)
+    for paragraph in re.split(r"\n\s*\n", text):
+        lines = [line for line in paragraph.splitlines() if not line.lstrip().startswith("#")]
+        if _clean(" ".join(lines)):
+            return _clean(" ".join(lines))
+    return ""
+
+
 def questions_in(nb, where: str) -> list[Question]:
     """Every question a notebook's text asks, with its answer (see the module docstring for where it comes from)."""
     found: list[Question] = []
@@ -318,28 +339,49 @@ def questions_in(nb, where: str) -> list[Question]:
             continue
         if cell.source.startswith("#### Exercise") and "Predict" not in cell.source:
             continue  # an exercise statement: its answer is the solution, shown on the solutions page
-        answers = [_clean(a) for a in ANSWER_BLOCK.findall(cell.source)]
-        prose = HINT_OR_ANSWER.sub(" ", cell.source)
+        source = cell.source.split("\n", 1)[-1] if cell.source.startswith("#### Exercise") else cell.source
+        prose = HINT_OR_ANSWER.sub(" ", source)  # (an exercise's title asks what its solution answers)
         asked = asked_in(prose)
         if not asked:
             continue
-        if not answers:  # the answer may sit in the next markdown cell's collapsed block
-            nxt = next((c for c in cells[index + 1:index + 3] if c.cell_type == "markdown"), None)
-            if nxt is not None:
-                answers = [_clean(a) for a in ANSWER_BLOCK.findall(nxt.source)]
-        if answers:
+        answered: set[str] = set()
+        # a collapsed answer answers the questions of the paragraph just before it
+        for match in ANSWER_BLOCK.finditer(source):
+            before = HINT_OR_ANSWER.sub(" ", source[:match.start()])
+            paragraphs = [q for q in (asked_in(par) for par in re.split(r"\n\s*\n", before)) if q]
+            for q in paragraphs[-1] if paragraphs else []:
+                found.append(Question(q, _clean(match.group(1)), ANSWERED, where))
+                answered.add(q)
+        asked = [q for q in asked if q not in answered]
+        if not asked:
+            continue
+        nxt = cells[index + 1] if index + 1 < len(cells) else None
+        later = [] if (nxt is None or nxt.cell_type != "markdown" or answered
+                       or not ANSWER_BLOCK.match(nxt.source.strip())) else [_clean(ANSWER_BLOCK.match(
+                           nxt.source.strip()).group(1))]
+        if later:  # the answer sits in the next markdown cell's collapsed block
             for q in asked:
-                found.append(Question(q, " ".join(answers), "the notebook's collapsed answer", where))
+                found.append(Question(q, " ".join(later), ANSWERED, where))
+            continue
+        if len(asked) >= 3:  # a list of questions for the learner: answered in the notes (site/notes)
+            for q in asked:
+                found.append(Question(q, "", OPEN, where))
             continue
         shown, reading = "", ""
-        for later in cells[index + 1:]:
-            if later.cell_type == "code" and not shown:
-                shown = _out_text(later).strip()
-            elif later.cell_type == "markdown":
-                reading = _clean(HINT_OR_ANSWER.sub(" ", later.source)).split("## ")[0]
-                break
+        following = cells[index + 1:index + 3]
+        if following and following[0].cell_type == "code" and not _is_final(cells, index + 1):
+            shown = _out_text(following[0]).strip()
+            if len(following) > 1 and following[1].cell_type == "markdown":
+                reading = _first_paragraph(following[1].source)
+        elif following and following[0].cell_type == "markdown":
+            reading = _first_paragraph(following[0].source)
         if not shown and not reading:
-            reading = _clean(prose.split("?", 1)[-1])  # the cell answers its own question
+            rest = prose.split("?", 1)[-1]
+            reading = _first_paragraph(rest) if len(_clean(rest)) > 40 else ""  # the cell answers its own question
+        if not shown and not reading:
+            for q in asked:
+                found.append(Question(q, "", OPEN, where))
+            continue
         answer = ""
         if shown:
             lines = shown.splitlines()
@@ -386,6 +428,25 @@ def hand_written(unit: Unit, root: Path = ROOT) -> str:
     return text.strip()
 
 
+def _key(question: str) -> str:
+    return re.sub(r"[^a-z0-9]+", " ", question.lower()).strip()
+
+
+def written_answers(unit: Unit, root: Path = ROOT) -> tuple[str, dict[str, str]]:
+    """The hand-written notes without their ``## Answers to open questions`` section, and that section's answers
+    (``### question`` headings, each followed by its answer), keyed by the question's normalised text."""
+    text = hand_written(unit, root)
+    head, _, tail = text.partition(OPEN_ANSWERS)
+    answers = {}
+    if tail:
+        tail, _, rest = tail.partition("\n## ")
+        head = head.rstrip() + ("\n\n## " + rest if rest else "")
+        for block in re.split(r"^### ", tail, flags=re.M)[1:]:
+            question, _, answer = block.partition("\n")
+            answers[_key(question)] = answer.strip()
+    return head.strip(), answers
+
+
 def _fmt_minutes(value: float) -> str:
     return f"{value:.1f}"
 
@@ -398,7 +459,7 @@ def notes_markdown(unit: Unit, root: Path = ROOT, timings: dict | None = None) -
              f"Generated by `python -m mechlab.course.site_notes` from `notebooks/{unit.walkthrough.name}`"
              + (f", `solutions/{unit.solutions.name}`" if unit.solutions else "")
              + f", `site/notes/{unit.id}.md` and the checkers; do not edit by hand.", "",
-             hand_written(unit, root), "", "## Timing plan", ""]
+             written_answers(unit, root)[0], "", "## Timing plan", ""]
     retime = (f"`MECHLAB_MODEL=offline python -m mechlab.course.site_timing notebooks/{unit.walkthrough.name}`, "
               "then `python -m mechlab.course.site_notes`")
     if timing.walkthrough_minutes is None:
@@ -440,10 +501,17 @@ def notes_markdown(unit: Unit, root: Path = ROOT, timings: dict | None = None) -
     asked = questions_in(nb, "walkthrough") + (questions_in(nb_read(unit.solutions), "exercises")
                                                 if unit.solutions else [])
     seen = set()
+    written = written_answers(unit, root)[1]
     for q in asked:
         if q.text in seen:
             continue
         seen.add(q.text)
+        if _key(q.text) in written:
+            q = Question(q.text, written[_key(q.text)], WRITTEN, q.where)
+        elif q.source == OPEN:
+            raise ValueError(f"{unit.walkthrough.name}: the question {q.text!r} ({q.where}) has no answer in the "
+                             f"notebook; write one in site/notes/{unit.id}.md under '{OPEN_ANSWERS}' as "
+                             f"'### {q.text}' followed by the answer.")
         body = "\n".join("    " + line if line else "" for line in q.answer.splitlines())
         lines += [f'??? question "{q.text.replace(chr(34), chr(39))}"', f"    *{q.where}, {q.source}:*", "", body, ""]
     if not seen:
