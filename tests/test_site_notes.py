@@ -85,11 +85,19 @@ def check_b(fn):
 
 def check_c(fn):
     run_cases(fn, None, [])
+
+SIGN = "the sign is flipped"
+SWAP = "noising and denoising are swapped"
+
+def check_d(fn):
+    variants = {SIGN: 1}
+    variants[SWAP + " (and more)"] = 2
 ''')
     found = site_notes.checker_mistakes(module)
     assert found["check_a"] == (["the sign is flipped", "off by one position"], ["is the scale there?", "off by <1>?"])
     assert sorted(found["check_b"][0]) == ["a no-op hook", "shape <got> is wrong", "uses the wrong axis"]
     assert found["check_c"] == ([], [])
+    assert found["check_d"] == (["the sign is flipped", "noising and denoising are swapped (and more)"], [])
 
 
 def test_questions_get_the_collapsed_answer_or_what_follows():

@@ -192,11 +192,21 @@ def nb_read(path: Path):
 # checkers: the mistakes they name, read from their source
 
 
+MISTAKE_NAMES = "mistake|wrong|variant"  # dicts of named wrong results are bound to names like these
+_STRINGS: dict[str, str] = {}  # the module-level string constants of the checks module being read
+
+
 def _string_of(node: ast.AST) -> str | None:
+    """The text of a string literal, an f-string (fields shown as <expr>), a module string constant, or a sum."""
     if isinstance(node, ast.Constant) and isinstance(node.value, str):
         return node.value
     if isinstance(node, ast.JoinedStr):
         return "".join(v.value if isinstance(v, ast.Constant) else f"<{ast.unparse(v.value)}>" for v in node.values)
+    if isinstance(node, ast.Name):
+        return _STRINGS.get(node.id)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        left, right = _string_of(node.left), _string_of(node.right)
+        return left + right if left is not None and right is not None else None
     return None
 
 
@@ -228,10 +238,10 @@ def _named_strings(tree: ast.AST) -> tuple[list[str], list[str]]:
         elif isinstance(node, (ast.Assign, ast.AnnAssign)):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             for target in targets:
-                if isinstance(target, ast.Name) and re.search("mistake|wrong", target.id, re.I):
+                if isinstance(target, ast.Name) and re.search(MISTAKE_NAMES, target.id, re.I):
                     keys(node.value)
                 elif (isinstance(target, ast.Subscript) and isinstance(target.value, ast.Name)
-                      and re.search("mistake|wrong", target.value.id, re.I)):
+                      and re.search(MISTAKE_NAMES, target.value.id, re.I)):
                     s = _string_of(target.slice)
                     if s:
                         mistakes.append(s)
@@ -244,6 +254,10 @@ def checker_mistakes(module_path: Path) -> dict[str, tuple[list[str], list[str]]
     tree = ast.parse(module_path.read_text(), filename=str(module_path))
     defs = {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
     consts = {t.id: n for n in tree.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
+    _STRINGS.clear()
+    for name, node in consts.items():
+        if isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+            _STRINGS[name] = node.value.value
     out = {}
     for name in defs:
         if not name.startswith("check_"):
