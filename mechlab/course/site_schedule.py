@@ -89,6 +89,28 @@ def load_plans(units: list[site_notes.Unit], timings: dict, plan_file=None) -> l
     return plans
 
 
+def models_of(unit: site_notes.Unit) -> list[str]:
+    """The real models a walkthrough asks for: ``course_model("...")`` defaults, and Gemma-2b when it runs
+    ``preflight`` (the Gemma loader that checks token, licence and GPU)."""
+    source = "".join(cell.source for cell in site_notes.nb_read(unit.walkthrough).cells if cell.cell_type == "code")
+    names = sorted(set(re.findall(r'course_model\(\s*"([^"]+)"', source)))
+    if "preflight(" in source:
+        names.append(GEMMA)
+    return names
+
+
+def plan_compute(plan: WorkshopPlan, units: list[site_notes.Unit], timings: dict) -> str:
+    by_title = {u.title: u for u in units}
+    used = [by_title[i.label] for _, items in plan.sessions for i in items if i.label in by_title]
+    gemma = [u.id for u in used if GEMMA in models_of(u)]
+    cpu = sum(t.timed["total_seconds"] for t in (site_notes.unit_timing(u, timings) for u in used) if t.timed)
+    need = (f"units {', '.join(gemma)} load {GEMMA}: every participant needs a Colab GPU runtime, a Hugging Face "
+            "token and the accepted Gemma licence (see the setup checklist); the other units run on GPT-2 small, "
+            "on Colab's CPU or GPU" if gemma else "every unit runs on GPT-2 small: Colab's CPU is enough, a GPU faster")
+    return (f"Compute: {need}. Offline, on a CPU with the organism, this plan's walkthrough cells took "
+            f"{cpu / 60:.0f} min in all (measured, see the table below).")
+
+
 def _hm(minutes: int) -> str:
     return f"{minutes // 60} h {minutes % 60:02d}" if minutes >= 60 else f"{minutes} min"
 
@@ -123,7 +145,8 @@ def schedules_markdown(units: list[site_notes.Unit], timings: dict) -> str:
     used = set()
     for plan in plans:
         lines += [f"## {plan.title}", "", f"For {plan.audience}. Total **{_hm(plan.total_minutes)}** "
-                  f"({plan.total_minutes} min) of a {_hm(plan.budget_minutes)} budget.", ""]
+                  f"({plan.total_minutes} min) of a {_hm(plan.budget_minutes)} budget.", "",
+                  plan_compute(plan, units, timings), ""]
         for name, items in plan.sessions:
             session_minutes = sum(i.minutes for i in items)
             lines += [f"### {name} ({session_minutes} min)", "", "| | walkthrough | exercises | minutes |",
