@@ -89,3 +89,16 @@ def test_a_plan_naming_a_missing_unit_or_exercise_is_refused(tmp_path):
 
 def test_compute_needs_come_from_preflight(page):
     assert "GiB of GPU memory in bfloat16" in page and "not timed yet" not in page
+
+
+def test_each_plan_says_whether_it_needs_gemma(page):
+    gemma_units = [u.id for u in UNITS if "preflight(" in u.walkthrough.read_text()]
+    raw = json.loads(PLANS_FILE.read_text())
+    for plan in raw.values():
+        used = [i["unit"] for s in plan["sessions"] for i in s["items"] if "unit" in i]
+        needed = [u for u in used if u in gemma_units]
+        section = page.split(f"## {plan['title']}", 1)[1].split("\n## ", 1)[0]
+        if needed:
+            assert f"units {', '.join(needed)} load google/gemma-2b" in section
+        else:
+            assert "every unit runs on GPT-2 small" in section
