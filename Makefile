@@ -10,14 +10,14 @@ VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.mechlab-installed
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 MECHLAB_MODEL=$${MECHLAB_MODEL:-offline} PYTHONHASHSEED=0
 
-.PHONY: setup course test unit nbval exercises lab lint bench clean
+.PHONY: setup course test unit nbval exercises lab lint bench clean site site-test
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	@$(VPY) -c "import torch" 2>/dev/null || $(VPY) -m pip install -q "$(TORCH_SPEC)"
-	$(VPY) -m pip install -q -e ".[course,dev,nnsight]"
+	$(VPY) -m pip install -q -e ".[course,dev,nnsight,site]"
 	@$(VPY) -c "import torch, transformer_lens; import importlib.metadata as m; print('mechlab setup: torch', torch.__version__, '| transformer_lens', m.version('transformer_lens'))"
 	@touch $(STAMP)
 
@@ -47,6 +47,15 @@ lint: setup
 
 bench: setup
 	$(OFFLINE) $(VPY) -m benchmarks.run --size tiny
+
+## The course site from the committed, executed notebooks (nothing is re-executed): HTML in build/site.
+site: setup
+	$(OFFLINE) $(VPY) -m mechlab.course.site
+
+## The built site in headless chromium (Debian's package, no browser download): every page, figure, attention
+## view, link and slide deck, search, and screenshots (build/site-check). `make test` runs the same check.
+site-test: site
+	$(VPY) -m mechlab.course.site_check build/site --screenshots build/site-check
 
 clean:
 	rm -rf build .pytest_cache
