@@ -78,32 +78,44 @@ def markdown_cell(source: str, *, badge_src: str) -> str:
     return local_badges(source, badge_src)
 
 
-def _output_parts(cell) -> tuple[list[str], int, int]:
-    parts, figures, views = [], 0, 0
-    outputs = cell.get("outputs", [])
-    has_view = any(VIEW_CLASS in _text(o.get("data", {}).get("text/html", "")) for o in outputs)
-    for out in outputs:
-        kind = out.get("output_type")
+def _outputs(cell):
+    """Each output the site can show, as ``(kind, payload)``: ``text`` (a stream), ``note`` (the runner's note where
+    an output too large to commit was, e.g. the circuitsvis bundle, which the site serves itself), ``plotly``,
+    ``html``, ``png``, ``plain`` or ``error``."""
+    for out in cell.get("outputs", []):
+        kind, data = out.get("output_type"), out.get("data", {})
         if kind == "stream":
             text = _text(out.get("text", ""))
-            if has_view and DROPPED_BUNDLE_NOTE.match(text):
-                continue  # the runner's note where the circuitsvis bundle was; the site serves it
-            parts.append(_fence(text, "text"))
-        elif kind in ("execute_result", "display_data"):
-            data = out.get("data", {})
-            if PLOTLY_MIME in data:
-                parts.append(figure_div(data[PLOTLY_MIME]))
-                figures += 1
-            elif "text/html" in data and WIDGET_MIME not in data:
-                body = _text(data["text/html"])
-                views += body.count(f'class="{VIEW_CLASS}"')
-                parts.append(f'<div class="mechlab-output-html">\n{_squeeze_html(body)}\n</div>')
-            elif "image/png" in data:
-                parts.append(f'<img alt="figure" src="data:image/png;base64,{_text(data["image/png"]).strip()}">')
-            elif "text/plain" in data:
-                parts.append(_fence(_text(data["text/plain"]), "text"))
+            yield ("note" if DROPPED_BUNDLE_NOTE.match(text) else "text"), text
         elif kind == "error":
-            parts.append(_fence("\n".join(out.get("traceback", [])), "text"))
+            yield "error", "\n".join(out.get("traceback", []))
+        elif PLOTLY_MIME in data:
+            yield "plotly", data[PLOTLY_MIME]
+        elif "text/html" in data and WIDGET_MIME not in data:
+            yield "html", _text(data["text/html"])
+        elif "image/png" in data:
+            yield "png", _text(data["image/png"]).strip()
+        elif "text/plain" in data:
+            yield "plain", _text(data["text/plain"])
+
+
+def _output_parts(cell) -> tuple[list[str], int, int]:
+    parts, figures, views = [], 0, 0
+    outputs = list(_outputs(cell))
+    has_view = any(kind == "html" and VIEW_CLASS in body for kind, body in outputs)
+    for kind, payload in outputs:
+        if kind == "note" and has_view:
+            continue
+        if kind in ("text", "note", "plain", "error"):
+            parts.append(_fence(payload, "text"))
+        elif kind == "plotly":
+            parts.append(figure_div(payload))
+            figures += 1
+        elif kind == "html":
+            views += payload.count(f'class="{VIEW_CLASS}"')
+            parts.append(f'<div class="mechlab-output-html">\n{_squeeze_html(payload)}\n</div>')
+        elif kind == "png":
+            parts.append(f'<img alt="figure" src="data:image/png;base64,{payload}">')
     return parts, figures, views
 
 
@@ -150,21 +162,15 @@ def _slide_html(cell, badge_src: str) -> tuple[str, int, int]:
         return f'<div class="mechlab-slide-md">{body}</div>', 0, 0
     code = f'<pre class="mechlab-slide-code"><code>{html.escape(source)}</code></pre>'
     parts, figures, views = [], 0, 0
-    for out in cell.get("outputs", []):
-        data = out.get("data", {})
-        if out.get("output_type") == "stream":
-            text = _text(out.get("text", ""))
-            if not DROPPED_BUNDLE_NOTE.match(text):
-                parts.append(f'<pre class="mechlab-slide-out">{html.escape(text)}</pre>')
-        elif PLOTLY_MIME in data:
-            parts.append(figure_div(data[PLOTLY_MIME]))
+    for kind, payload in _outputs(cell):
+        if kind in ("text", "plain"):
+            parts.append(f'<pre class="mechlab-slide-out">{html.escape(payload)}</pre>')
+        elif kind == "plotly":
+            parts.append(figure_div(payload))
             figures += 1
-        elif "text/html" in data and WIDGET_MIME not in data:
-            body = _text(data["text/html"])
-            views += body.count(f'class="{VIEW_CLASS}"')
-            parts.append(body)
-        elif "text/plain" in data:
-            parts.append(f'<pre class="mechlab-slide-out">{html.escape(_text(data["text/plain"]))}</pre>')
+        elif kind == "html":
+            views += payload.count(f'class="{VIEW_CLASS}"')
+            parts.append(payload)
     return code + "".join(parts), figures, views
 
 
