@@ -53,18 +53,6 @@ class ModelShape:
 LLAMA_31_70B = ModelShape("meta-llama/Llama-3.1-70B", 80, 8192, 64, 8, 128, 28672, 128256, 70_553_706_496)
 
 
-def shape_of_config(config, n_params: int, name: str = "") -> ModelShape:
-    """:class:`ModelShape` of an HF config (GPT-2 or Llama / Gemma names) and its parameter count."""
-    if getattr(config, "model_type", None) == "gpt2":
-        return ModelShape(name or "gpt2", config.n_layer, config.n_embd, config.n_head, config.n_head,
-                          config.n_embd // config.n_head, config.n_inner or 4 * config.n_embd, config.vocab_size,
-                          n_params)
-    d_head = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    return ModelShape(name or config.model_type, config.num_hidden_layers, config.hidden_size,
-                      config.num_attention_heads, getattr(config, "num_key_value_heads", None)
-                      or config.num_attention_heads, d_head, config.intermediate_size, config.vocab_size, n_params)
-
-
 def _per_token_layer(s: ModelShape, n_pos: int) -> int:
     """Elements one token keeps per layer in a full cache."""
     d_qkvz = (2 * s.n_heads + 2 * s.n_kv_heads) * s.d_head
@@ -105,4 +93,4 @@ def download_per_method(shape: ModelShape, *, batch: int, n_pos: int, bytes_per:
                     meta={"model": s.name, "batch": batch, "n_pos": n_pos})
 
 
-__all__ = ["LLAMA_31_70B", "ModelShape", "download_per_method", "memory_per_method", "shape_of_config"]
+__all__ = ["LLAMA_31_70B", "ModelShape", "download_per_method", "memory_per_method"]
