@@ -33,7 +33,7 @@ from torch import Tensor
 
 from mechlab.core.activations import check_layer, hook_name, parse_head
 from mechlab.core.results import Labelled
-from mechlab.core.runs import Metric, Patch, cache_acts, check_tokens, run_patches
+from mechlab.core.runs import Metric, Patch, cache_acts, cache_resume, check_tokens, run_patches
 
 METHODS = ("zero", "mean", "resample")
 
@@ -183,9 +183,9 @@ def ablation_scan(
     patches = [parse_component(model, c) for c in components]
     components = [f"L{c[0]}H{c[1]}" if isinstance(c, tuple) else c for c in components]  # labels are strings
     sources = ablation_sources(model, components, method, tokens, reference)
-    _, base = cache_acts(model, tokens, set(), metric)
+    resume, _, base = cache_resume(model, tokens, range(model.cfg.n_layers), set(), metric)
     values = run_patches(model, tokens, patches, sources, metric, max_batch=max_batch, progress=progress,
-                         desc=f"{method}-ablating").mean(1)
+                         desc=f"{method}-ablating", resume=resume).mean(1)  # each pass starts at its layer
     if effect:
         values = values - base.mean()
     return Labelled(values.cpu(), components, unit="metric change" if effect else "metric",

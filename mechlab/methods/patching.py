@@ -27,7 +27,9 @@ the two compare directly), and ``normalise=True`` divides by the gap ``mean metr
 
 Speed: patches run many at a time, each on its own copy of the batch stacked along the batch axis. The number of
 copies per forward pass (``max_batch`` sequences in all) is chosen from the free memory unless given; a tqdm bar
-shows progress. The result equals a loop of one forward pass per patch (tested to 1e-5).
+shows progress. Each pass starts at the patched layer from the baseline run's cached residual stream
+(``mechlab.core.runs.run_from``): layers before it are not recomputed. The result equals a loop of one full forward
+pass per patch (tested to 1e-5).
 
 Example::
 
@@ -49,7 +51,7 @@ from torch import Tensor
 
 from mechlab.core.activations import PATCH_KINDS, check_kind, hook_name, layer_list, row_labels
 from mechlab.core.results import Labelled
-from mechlab.core.runs import Metric, as_token_pair, cache_acts, patches_for, run_patches
+from mechlab.core.runs import Metric, as_token_pair, cache_acts, cache_resume, patches_for, run_patches
 
 DIRECTIONS = ("noising", "denoising")
 
@@ -92,14 +94,19 @@ def activation_patching(
     clean, corrupted = as_token_pair(model, clean, corrupted)
     layers = layer_list(model, layers)
     names = {hook_name(kind, layer) for layer in layers}
-    # only the source run's activations are kept: the baseline run gives its metric alone
-    clean_cache, m_clean = cache_acts(model, clean, names if direction == "denoising" else set(), metric)
-    corr_cache, m_corr = cache_acts(model, corrupted, names if direction == "noising" else set(), metric)
-    baseline, sources = (clean, corr_cache) if direction == "noising" else (corrupted, clean_cache)
-    m_base = m_clean if direction == "noising" else m_corr
+    # only the source run's activations are kept; the baseline run gives its metric and the residual stream every
+    # patched pass resumes from (layers before the patched one are not recomputed)
+    if direction == "noising":
+        resume, _, m_clean = cache_resume(model, clean, layers, set(), metric)
+        corr_cache, m_corr = cache_acts(model, corrupted, names, metric)
+        baseline, sources, m_base = clean, corr_cache, m_clean
+    else:
+        clean_cache, m_clean = cache_acts(model, clean, names, metric)
+        resume, _, m_corr = cache_resume(model, corrupted, layers, set(), metric)
+        baseline, sources, m_base = corrupted, clean_cache, m_corr
     patches = patches_for(model, kind, layers, clean.shape[1], per_position)
     values = run_patches(model, baseline, patches, sources, metric, max_batch=max_batch, progress=progress,
-                         desc=f"{direction} {kind}").mean(1)
+                         desc=f"{direction} {kind}", resume=resume).mean(1)
     values, unit, how = _normalise(values, m_clean.mean(), m_corr.mean(), m_base.mean(), effect, normalise)
     labels = row_labels(model, kind, layers)
     if per_position:
