@@ -77,7 +77,15 @@ from mechlab.core.activations import (
     row_labels,
 )
 from mechlab.core.results import Labelled
-from mechlab.core.runs import Metric, cache_acts, check_tokens, metric_per_copy
+from mechlab.core.runs import (
+    Metric,
+    cache_acts,
+    cache_resume,
+    check_tokens,
+    metric_from_normed,
+    metric_per_copy,
+    run_from,
+)
 from mechlab.core.tokens import check_same_shape
 from mechlab.methods.patching import DIRECTIONS
 
@@ -109,8 +117,12 @@ def _prepare(model, clean, corrupted, direction, layers, freeze_final_scale):
 
 def _metric_values(metric: Metric, logits: Tensor, batch: int) -> Float[Tensor, " n"]:
     """Apply ``metric`` to each copy of the batch (the methods expand the batch), checked, as one flat vector."""
-    values = metric_per_copy(metric, logits, batch).flatten()
-    if logits.requires_grad and not values.requires_grad:
+    return _with_grad(metric_per_copy(metric, logits, batch).flatten(), logits)
+
+
+def _with_grad(values: Tensor, source: Tensor) -> Tensor:
+    """``values`` if they carry the gradient of ``source`` (logits or the final norm's output), else the error."""
+    if source.requires_grad and not values.requires_grad:
         raise ValueError("the metric returned values without a gradient (it uses argmax, comparisons, .item(), "
                          ".detach() or torch.no_grad()), but attribution differentiates the metric with respect to "
                          "the activations. Pass a differentiable metric of the logits, e.g. "
@@ -266,8 +278,9 @@ def integrated_gradients(
     baseline tokens; every other layer runs normally. The attribution is ``(a_target - a_baseline) . avg grad``
     (the gradient averaged over the path by the trapezoidal rule).
     Summed over one layer it approaches the exact effect of patching that whole layer (completeness) as
-    ``steps`` grows. The (layer, alpha) pairs are stacked along the batch, ``max_batch`` sequences per forward
-    pass, so a pass serves several steps and layers.
+    ``steps`` grows. A layer's alphas are stacked along the batch, ``max_batch`` sequences per forward pass, and each
+    pass starts at its layer from the baseline run's cached residual stream (``mechlab.core.runs.run_from``): the
+    layers before it are not recomputed, and only the positions the metric reads are unembedded when it says which.
 
     Returns ``Labelled[component, pos]`` like :func:`attribution_patching`.
     """
@@ -277,15 +290,19 @@ def integrated_gradients(
     batch = baseline.shape[0]
     names = {layer: hook_name(kind, layer) for layer in layers}
     extra = {FINAL_NORM_SCALE} if freeze_final_scale else set()
-    base_cache, metric_base = cache_acts(model, baseline, set(names.values()) | extra, metric)
+    resume, base_cache, metric_base = cache_resume(model, baseline, layers, set(names.values()) | extra, metric)
     target_cache, metric_target = cache_acts(model, target, set(names.values()), metric)
 
-    items = [(layer, alpha, weight) for layer in layers for alpha, weight in ig_alphas(steps)]
+    # one layer per pass: the pass starts at that layer from the baseline's residual stream, and its backward
+    # stops there too (a pass mixing layers would run every copy forward and backward from the earliest one)
     per_pass = max(1, max_batch // batch)
+    alphas = ig_alphas(steps)
+    chunks = [[(layer, alpha, weight) for alpha, weight in alphas[i:i + per_pass]]
+              for layer in layers for i in range(0, steps, per_pass)]
     grad_sum = {layer: torch.zeros_like(base_cache[names[layer]], dtype=torch.float32) for layer in layers}
-    chunks = [items[i:i + per_pass] for i in range(0, len(items), per_pass)]
     for chunk in tqdm(chunks, desc=f"IG on {kind} ({steps} steps x {len(layers)} layers)", disable=not progress):
-        _ig_pass(model, baseline, metric, chunk, names, base_cache, target_cache, grad_sum, freeze_final_scale)
+        _ig_pass(model, baseline, metric, chunk, names, base_cache, target_cache, grad_sum, freeze_final_scale,
+                 resume)
 
     metric_clean, metric_corr = ((metric_base, metric_target) if direction == "noising"
                                  else (metric_target, metric_base))
@@ -299,8 +316,9 @@ def integrated_gradients(
     return _assemble(model, kind, layers, per_layer, scale, meta, unit)
 
 
-def _ig_pass(model, baseline, metric, chunk, names, base_cache, target_cache, grad_sum, freeze) -> None:
-    """One forward + backward over ``chunk`` = [(layer, alpha, weight), ...], each item one copy of the batch."""
+def _ig_pass(model, baseline, metric, chunk, names, base_cache, target_cache, grad_sum, freeze, resume=None) -> None:
+    """One forward + backward over ``chunk`` = [(layer, alpha, weight), ...], each item one copy of the batch; with
+    ``resume`` the pass starts at the chunk's earliest layer (``mechlab.core.runs.run_from``)."""
     batch, n = baseline.shape[0], len(chunk)
     chunk_layers = sorted({item[0] for item in chunk})
     deltas: dict[int, Tensor] = {}
@@ -323,9 +341,14 @@ def _ig_pass(model, baseline, metric, chunk, names, base_cache, target_cache, gr
     hooks = [(names[layer], make_hook(layer)) for layer in chunk_layers]
     if freeze:
         hooks.append((FINAL_NORM_SCALE, _scale_hook(base_cache[FINAL_NORM_SCALE].repeat(n, 1, 1))))
+    start = None if resume is None else resume.start(chunk_layers[0])
     with torch.enable_grad():
-        logits = model.run_with_hooks(baseline.repeat(n, 1), fwd_hooks=hooks)
-        total = _metric_values(metric, logits, batch).sum()
+        if start is None:
+            logits = model.run_with_hooks(baseline.repeat(n, 1), fwd_hooks=hooks)
+            total = _metric_values(metric, logits, batch).sum()
+        else:
+            normed = run_from(model, resume, start, copies=n, fwd_hooks=hooks, logits=False)
+            total = _with_grad(metric_from_normed(model, metric, normed, batch), normed).sum()
         grads = torch.autograd.grad(total, [deltas[layer] for layer in chunk_layers], allow_unused=True)
     by_layer = dict(zip(chunk_layers, grads, strict=True))
     for i, (layer, _, weight) in enumerate(chunk):
