@@ -53,9 +53,9 @@ from tqdm.auto import tqdm
 
 from mechlab.core.activations import FINAL_NORM_SCALE, head_labels, hook_name, parse_head
 from mechlab.core.results import Labelled
-from mechlab.core.runs import Patch, auto_max_batch, check_tokens, patch_hook
+from mechlab.core.runs import Patch, auto_max_batch, cache_resume, check_tokens, patch_hook, run_from, unembed_logits
 from mechlab.data import ioi
-from mechlab.methods.dla import cache_names, component_labels, direct_effects, final_norm_params, unembed_directions
+from mechlab.methods.dla import component_labels, final_norm_params, unembed_directions
 
 PARTS = ("delta_logit", "direct", "heads", "mlps", "fixed", "norm")
 
@@ -188,6 +188,98 @@ def _read_logits(logits: Tensor, targets: Tensor, wrong: Tensor | None, position
     return out
 
 
+FINAL_NORM_OUT = "ln_final.hook_out"
+
+
+def _param_vector(model, name: str, size: int) -> Tensor:
+    """A bias-like parameter of the bridge (``b_U``, ``b_O``) in fp32, zeros where the model has none."""
+    try:
+        value = getattr(model, name)
+    except AttributeError:
+        value = None
+    device = next(model.parameters()).device
+    return value.detach().float() if isinstance(value, Tensor) else torch.zeros(size, device=device)
+
+
+class _Readout:
+    """Direct effects along one readout direction per (prompt, position), read while the runs go.
+
+    ``u = centre(readout * w) / scale`` (the final norm's weight ``w``, its centring for LayerNorm, the clean
+    run's scale) is what the final residual is dotted with; head ``h`` of layer ``l`` reads ``z . (W_O[l, h] u)``
+    and an MLP reads ``mlp_out . u``. Nothing of shape [component, batch, pos, d_model] is ever built: per layer
+    ``W_O u`` is [batch, pos, head, d_head] (d_model numbers per position), computed once for every run.
+    """
+
+    def __init__(self, model, readout: Tensor, scale_sel: Tensor, positions: slice, bias_read: Tensor):
+        centres, weight, _ = final_norm_params(model)
+        direction = readout.float() * weight
+        if centres:
+            direction = direction - direction.mean(-1, keepdim=True)
+        self.readout, self.positions, self.bias_read = readout.float(), positions, bias_read
+        self.u = direction / scale_sel.float()  # [batch, pos_sel, d_model]
+        w_o = model.W_O.detach().float()  # [layer, head, d_head, d_model]
+        self.u_heads = [torch.einsum("hdm,bpm->bphd", w_o[layer], self.u) for layer in range(model.cfg.n_layers)]
+        b_o = _param_vector(model, "b_O", model.cfg.n_layers * model.cfg.d_model).view(model.cfg.n_layers, -1)
+        self.b_o_read = (self.u @ b_o.T).sum(-1)  # every layer's attention output bias along u: [batch, pos_sel]
+        self.clean_heads: dict[int, Tensor] = {}
+        self.clean_mlps: dict[int, Tensor] = {}
+        self.read_layers: list[int] = []
+
+    def head_reads(self, layer: int, z: Tensor, copies: int) -> Tensor:
+        """[copies, batch, pos_sel, head] from z [copies * batch, pos, head, d_head]."""
+        z = z[:, self.positions].float()
+        return (z.view(copies, *self.u_heads[layer].shape) * self.u_heads[layer][None]).sum(-1)
+
+    def vector_reads(self, act: Tensor, copies: int) -> Tensor:
+        """[copies, batch, pos_sel] from a residual-stream write [copies * batch, pos, d_model]."""
+        act = act[:, self.positions].float()
+        return (act.view(copies, *self.u.shape) * self.u[None]).sum(-1)
+
+    def logits(self, normed: Tensor, copies: int = 1) -> Tensor:
+        """The read logit (difference) [copies * batch, pos_sel] from the final norm's output: ``normed . readout``
+        plus the unembedding bias along it, i.e. the model's own logits when its unembedding is ``W_U`` + ``b_U``."""
+        sel = normed[:, self.positions].float().view(copies, *self.readout.shape)
+        return ((sel * self.readout[None]).sum(-1) + self.bias_read[None]).flatten(0, 1)
+
+    def clean_effects(self, model, cache: dict[str, Tensor], labels: list[str], const: Tensor) -> Labelled:
+        """Every component's clean direct effect, rows as ``component_labels`` (the same numbers as
+        ``mechlab.methods.dla.direct_effects`` with the clean scale)."""
+        rows = [self.vector_reads(cache["hook_embed"], 1)[0]]
+        if "pos_embed" in labels:
+            rows.append(self.vector_reads(cache["hook_pos_embed"], 1)[0])
+        for layer in range(model.cfg.n_layers):
+            self.clean_heads[layer] = self.head_reads(layer, cache[hook_name("z", layer)], 1)[0]
+            self.clean_mlps[layer] = self.vector_reads(cache[hook_name("mlp_out", layer)], 1)[0]
+            rows.extend(self.clean_heads[layer].permute(2, 0, 1).unbind(0))
+            rows.append(self.clean_mlps[layer])
+        rows.append(const + self.b_o_read)
+        return Labelled(torch.stack(rows).cpu(), labels, unit="direct effect (logit)",
+                        axes=("component", "batch", "pos"),
+                        meta={"method": "direct effects", "positions": str(self.positions),
+                              "final_scale": "frozen at the clean run's ln_final.hook_scale",
+                              "bias": "attention output biases + final norm bias along the direction; b_U left out"})
+
+    def hooks(self, copies: int, layers) -> tuple[dict[str, Tensor], list]:
+        """Hooks that read every head and MLP of ``layers`` and the final norm's scale into the returned dict."""
+        reads: dict[str, Tensor] = {}
+        self.read_layers = list(layers)
+
+        def heads(layer):
+            def hook(act, hook):
+                reads[f"z{layer}"] = self.head_reads(layer, act.detach(), copies)
+            return hook
+
+        def mlp(layer):
+            def hook(act, hook):
+                reads[f"mlp{layer}"] = self.vector_reads(act.detach(), copies)
+            return hook
+
+        out = [(hook_name("z", layer), heads(layer)) for layer in self.read_layers]
+        out += [(hook_name("mlp_out", layer), mlp(layer)) for layer in self.read_layers]
+        out.append((FINAL_NORM_SCALE, lambda act, hook: reads.__setitem__("scale", act.detach())))
+        return reads, out
+
+
 @torch.no_grad()
 def _run_capturing(model, tokens: Tensor, names: set[str], hooks: list) -> tuple[Tensor, dict[str, Tensor]]:
     """Logits and the activations ``names`` of one run, ``hooks`` applied first (so captures see the patch)."""
@@ -241,31 +333,48 @@ def self_repair_sweep(
     groups = _groups(model, heads)
     batch = tokens.shape[0]
     readout, targets, wrong = _readout(model, tokens, targets, wrong, positions)
-    names = cache_names(model)
+    labels = component_labels(model)
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    head_row = {(layer, h): labels.index(f"L{layer}H{h}") for layer in range(n_layers) for h in range(n_heads)}
+    mlp_row = [labels.index(f"L{layer} mlp") for layer in range(n_layers)]
     z_names = {hook_name("z", layer) for g in groups for layer, _ in g}
 
-    clean_logits, clean_cache = _run_capturing(model, tokens, names, [])
+    # the clean run: its residual stream entering every layer (each ablated run resumes at its earliest ablated
+    # layer: the layers before it compute exactly what they did here) and what the direct effects read
+    clean_names = {"hook_embed", FINAL_NORM_SCALE, FINAL_NORM_OUT}
+    clean_names |= {"hook_pos_embed"} if "pos_embed" in labels else set()
+    clean_names |= {hook_name(k, layer) for k in ("z", "mlp_out") for layer in range(n_layers)}
+    resume, clean_cache, _ = cache_resume(model, tokens, range(n_layers), clean_names)
     clean_scale = clean_cache[FINAL_NORM_SCALE]
-    clean_de = direct_effects(model, clean_cache, readout, positions=positions)
-    clean_read = _read_logits(clean_logits, targets, wrong, positions).cpu()
+    b_u = _param_vector(model, "b_U", model.cfg.d_vocab)
+    bias_read = b_u[targets] - (0 if wrong is None else b_u[wrong])
+    reader = _Readout(model, readout, clean_scale[:, positions], positions, bias_read)
+    _, _, norm_bias = final_norm_params(model)
+    const = readout.float() @ norm_bias  # the final norm's bias along the readout (in the bias row)
+    clean_de = reader.clean_effects(model, clean_cache, labels, const)
+    # the target logits of the ablated runs are read through W_U[:, target] + b_U alone (not the whole
+    # vocabulary) where that reproduces the clean run's logits; else through the unembedding
+    full_read = _read_logits(unembed_logits(model, clean_cache[FINAL_NORM_OUT]), targets, wrong, positions)
+    tol = 1e-3 * max(1.0, float(full_read.abs().max()))
+    direct_logits = bool(((reader.logits(clean_cache[FINAL_NORM_OUT]) - full_read).abs() <= tol).all())
+    clean_read = full_read.cpu()
+    const = const.cpu()
     _, corr_cache = _run_capturing(model, corrupted, z_names, [])
+    clean_total = clean_de.values.sum(0)  # every writer's direct effect: A_clean / s_clean + the bias terms
     del clean_cache
 
-    labels = component_labels(model)
-    head_rows = [i for i, lab in enumerate(labels) if lab[0] == "L" and "H" in lab]
-    mlp_rows = [i for i, lab in enumerate(labels) if lab.endswith(" mlp")]
-    fixed_rows = [i for i in range(len(labels)) if i not in head_rows and i not in mlp_rows]
-    group_rows = [[labels.index(f"L{layer}H{h}") for layer, h in g] for g in groups]
-    _, _, norm_bias = final_norm_params(model)
-    const = (readout.float() @ norm_bias).cpu()  # the final norm's bias along the readout (in the bias row)
+    s_clean = clean_scale[:, positions, 0].float().cpu()
 
     max_batch = auto_max_batch(model, tokens.shape[1], budget_fraction=0.2) if max_batch is None else max_batch
     if not isinstance(max_batch, int) or max_batch < 1:
         raise ValueError(f"max_batch={max_batch!r}; expected a positive integer (sequences per forward pass).")
     per_pass = max(1, max_batch // batch)
-    parts: dict[str, list[Tensor]] = {p: [] for p in PARTS}
-    kept: list[Tensor] = []
-    chunks = [list(range(i, min(i + per_pass, len(groups)))) for i in range(0, len(groups), per_pass)]
+    first = [min(layer for layer, _ in g) for g in groups]
+    order = sorted(range(len(groups)), key=lambda g: first[g])  # layer order: a pass's copies share their start
+    chunks = [order[i:i + per_pass] for i in range(0, len(order), per_pass)]
+    n_sel = clean_de.values.shape[-1]
+    parts = {p: torch.zeros(len(groups), batch, n_sel) for p in PARTS}
+    kept = torch.zeros(len(groups), len(labels), batch, n_sel) if keep_components else None
     start = time.perf_counter()
     for chunk in tqdm(chunks, desc=f"resample-ablating ({len(groups)} ablations, {per_pass} per pass)",
                       disable=not progress):
@@ -275,24 +384,44 @@ def self_repair_sweep(
             for layer, h in groups[g]:
                 by_name.setdefault(hook_name("z", layer), []).append((i, Patch(hook_name("z", layer), h)))
         hooks = [(name, patch_hook(items, corr_cache[name], batch)) for name, items in by_name.items()]
-        logits, cache = _run_capturing(model, tokens.repeat(k, 1), names, hooks)
-        de = direct_effects(model, cache, readout.repeat(k, 1, 1), positions=positions,
-                            scale=clean_scale.repeat(k, 1, 1)).values  # [component, k * batch, pos_sel]
-        de = de.view(de.shape[0], k, batch, -1).transpose(0, 1)  # [k, component, batch, pos_sel]
-        change = de - clean_de.values[None]
-        direct = torch.stack([change[i, group_rows[g]].sum(0) for i, g in enumerate(chunk)])
-        parts["direct"].append(direct)
-        parts["heads"].append(change[:, head_rows].sum(1) - direct)
-        parts["mlps"].append(change[:, mlp_rows].sum(1))
-        parts["fixed"].append(change[:, fixed_rows].sum(1))
-        s_abl = cache[FINAL_NORM_SCALE][:, positions, 0].float().cpu().view(k, batch, -1)
-        s_clean = clean_scale[:, positions, 0].float().cpu()
-        parts["norm"].append((de.sum(1) - const) * (s_clean / s_abl - 1))
-        read = _read_logits(logits, targets.repeat(k, 1), None if wrong is None else wrong.repeat(k, 1), positions)
-        parts["delta_logit"].append(read.cpu().view(k, batch, -1) - clean_read)
-        if keep_components:
-            kept.append(change)
-        del cache, logits
+        begin = resume.start(min(first[g] for g in chunk))
+        reads, read_hooks = reader.hooks(k, range(0 if begin is None else begin, n_layers))
+        if begin is None:  # the model's blocks cannot be resumed: a full forward pass, read the same way
+            out: dict[str, Tensor] = {}
+            model.run_with_hooks(tokens.repeat(k, 1), fwd_hooks=hooks + read_hooks + [
+                (FINAL_NORM_OUT, lambda act, hook, out=out: out.__setitem__("normed", act))])
+            normed = out["normed"]
+        else:
+            normed = run_from(model, resume, begin, copies=k, fwd_hooks=hooks + read_hooks, logits=False)
+        t_rep, w_rep = targets.repeat(k, 1), None if wrong is None else wrong.repeat(k, 1)
+        if direct_logits:
+            read = reader.logits(normed, copies=k)
+        else:
+            read = _read_logits(unembed_logits(model, normed), t_rep, w_rep, positions)
+        read = read.cpu().view(k, batch, -1)
+        # change of each read writer's direct effect (clean scale); unread layers did not change
+        head_change = {layer: (reads[f"z{layer}"].view(k, batch, n_sel, n_heads) - reader.clean_heads[layer][None])
+                       for layer in reader.read_layers}
+        mlp_change = {layer: reads[f"mlp{layer}"].view(k, batch, n_sel) - reader.clean_mlps[layer][None]
+                      for layer in reader.read_layers}
+        heads_total = sum(c.sum(-1) for c in head_change.values())
+        mlps_total = sum(mlp_change.values())
+        s_abl = reads["scale"][:, positions, 0].float().cpu().view(k, batch, -1)
+        for i, g in enumerate(chunk):
+            direct = sum(head_change[layer][i, ..., h] for layer, h in groups[g]).cpu()
+            parts["direct"][g] = direct
+            parts["heads"][g] = heads_total[i].cpu() - direct
+            parts["mlps"][g] = mlps_total[i].cpu()
+            # embeddings and biases do not depend on any head: their change is exactly 0 ("fixed" stays 0)
+            total = clean_total + heads_total[i].cpu() + mlps_total[i].cpu()
+            parts["norm"][g] = (total - const) * (s_clean / s_abl[i] - 1)
+            parts["delta_logit"][g] = read[i] - clean_read
+            if kept is not None:
+                for layer in reader.read_layers:
+                    for h in range(n_heads):
+                        kept[g, head_row[(layer, h)]] = head_change[layer][i, ..., h].cpu()
+                    kept[g, mlp_row[layer]] = mlp_change[layer][i].cpu()
+        del reads, normed
     seconds = time.perf_counter() - start
 
     group_labels = ["+".join(f"L{layer}H{h}" for layer, h in g) for g in groups]
@@ -303,10 +432,10 @@ def self_repair_sweep(
     units = {"delta_logit": "Δ logit", "direct": "Δ direct effect of the ablated heads (logit)",
              "heads": "Δ direct effect of the other heads (logit)", "mlps": "Δ direct effect of the MLPs (logit)",
              "fixed": "Δ embeddings and biases (logit)", "norm": "final-norm remainder (logit)"}
-    out = {p: Labelled(torch.cat(parts[p]), group_labels, unit=units[p], axes=("ablated", "batch", "pos"), meta=meta)
+    out = {p: Labelled(parts[p], group_labels, unit=units[p], axes=("ablated", "batch", "pos"), meta=meta)
            for p in PARTS}
     return SelfRepair(**out, clean=clean_de, groups=[[f"L{layer}H{h}" for layer, h in g] for g in groups],
-                      components=torch.cat(kept) if keep_components else None, meta=meta)
+                      components=kept, meta=meta)
 
 
 def ioi_self_repair(
