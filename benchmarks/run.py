@@ -1,28 +1,36 @@
-"""Speed and memory of attribution patching, batched exact patching and batched IG, on random-init models.
+"""mechlab's methods side by side with the seed notebooks' own algorithms (``benchmarks.seeds``), in one process, on
+the same random-init model and the same tokens, CPU by default and CUDA when present.
 
-One command measures, in one run and per model, the ratios the course's acceptance criteria name:
+    generation    greedy decoding after a long prompt: seed = a full forward pass per new token; mechlab =
+                  ``mechlab.methods.generate`` (KV cache). Check: the same token ids.
+    AtP           resid_pre + mlp_out + z: seed = every hook cached forward and backward, caches moved to the CPU;
+                  mechlab = ``attribution_patching`` (only the kinds asked, on the device). Also reported:
+                  AtP / (one forward + one forward-backward), the least any AtP can cost.
+    patching      every head's z at all positions, noising: seed = one full forward per head; mechlab =
+                  ``activation_patching`` (each pass resumes at the patched layer). Check: the same numbers.
+    IG            IG on z, every layer x ``steps`` alphas: seed = one forward-backward per (layer, alpha);
+                  mechlab = ``integrated_gradients`` (a layer's alphas batched, resumed at that layer).
+    self-repair   resample-ablate every head, every head's direct effect: seed = per head one forward with a full
+                  cache + ``stack_head_results``; mechlab = ``self_repair_sweep`` (resumed at the ablated layer,
+                  direct effects read along the readout direction only).
 
-    AtP / (fwd + fwd-bwd)   AtP on all kinds (resid_pre, attn_out, mlp_out, z, q, k, v) over the time of one
-                            forward plus one forward-backward: AtP needs exactly those two passes plus bookkeeping
-    patch loop / batched    exact patching of every head's z (noising, all positions): one forward per head vs
-                            the heads stacked along the batch (``max_batch`` sequences per pass)
-    IG loop / batched       IG on z with ``steps`` alphas: one forward-backward per (layer, alpha) vs
-                            :func:`mechlab.methods.attribution.integrated_gradients` batched over (layer, alpha)
-    peak memory             CUDA: peak allocated during each measurement; CPU: the process's peak RSS so far
-
-The batched and looped results are compared as they are timed (a mismatch raises), so a fast wrong answer cannot
-pass. Sizes: ``tiny`` (CI smoke run: tiny-gpt2, tiny-gemma) and ``full`` (GPT-2 small and Gemma-2b shapes).
+Each work is timed seed then mechlab, ``--repeats`` times interleaved (best of each), as wall time and as the
+process's CPU time (``time.process_time``: what the work cost, less sensitive to other processes on a shared
+machine). The two results are compared as they are timed: a disagreement raises, so a fast wrong answer cannot
+pass. Sizes: ``tiny`` (``make bench`` and CI: tiny-gpt2 and tiny-gemma, seconds) and ``full`` (GPT-2 small shapes:
+the sizes of the issue's acceptance table).
 
 Usage::
 
-    python -m benchmarks.run --size tiny          # what `make bench` runs
-    python -m benchmarks.run --size full --models random-gpt2-small --device cuda
+    python -m benchmarks.run --size tiny                               # what `make bench` runs
+    python -m benchmarks.run --size full                               # GPT-2-small shapes, CPU (~10 min)
+    python -m benchmarks.run --size full --device cuda                 # the same on a GPU
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -30,39 +38,50 @@ from dataclasses import dataclass
 
 import torch
 
-SIZES = {  # size -> (models, batch, pos, IG steps, max_batch)
-    "tiny": (("tiny-gpt2", "tiny-gemma"), 2, 12, 4, 64),
-    "full": (("random-gpt2-small", "random-gemma-2b"), 1, 64, 16, 32),
+from benchmarks import seeds
+
+SIZES = {
+    # models; generation prompt / new tokens; AtP, patching and IG batch x pos; IG steps; self-repair batch x pos
+    "tiny": {"models": ("tiny-gpt2", "tiny-gemma"), "gen": (40, 8), "one": (1, 24), "steps": 5, "sweep": (2, 16)},
+    "full": {"models": ("random-gpt2-small",), "gen": (400, 32), "one": (1, 100), "steps": 5, "sweep": (8, 100)},
 }
 
 
 @dataclass
-class Row:
-    """One model's measurements (seconds, bytes) and the ratios derived from them."""
+class Comparison:
+    """One work timed both ways (seconds) and how far apart the two results are."""
 
     model: str
+    work: str
+    seed_wall: float
+    mech_wall: float
+    seed_cpu: float
+    mech_cpu: float
+    max_diff: float  # largest |seed - mechlab| (for generation: the number of differing tokens)
+    scale: float  # largest |seed| (what max_diff is small against)
+
+    @property
+    def ratio_wall(self) -> float:
+        return self.seed_wall / self.mech_wall
+
+    @property
+    def ratio_cpu(self) -> float:
+        return self.seed_cpu / self.mech_cpu
+
+
+@dataclass
+class Report:
+    model: str
+    device: str
+    rows: list[Comparison]
     fwd_s: float
     fwd_bwd_s: float
     atp_s: float
-    patch_loop_s: float
-    patch_batched_s: float
-    ig_loop_s: float
-    ig_batched_s: float
-    peak_mem_mb: float
-    patch_max_diff: float
-    ig_max_diff: float
 
     @property
     def atp_ratio(self) -> float:
+        """mechlab's AtP over one forward plus one forward-backward (wall)."""
         return self.atp_s / (self.fwd_s + self.fwd_bwd_s)
-
-    @property
-    def patch_speedup(self) -> float:
-        return self.patch_loop_s / self.patch_batched_s
-
-    @property
-    def ig_speedup(self) -> float:
-        return self.ig_loop_s / self.ig_batched_s
 
 
 def _sync(device: str) -> None:
@@ -70,158 +89,176 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _timed(fn: Callable, device: str, repeats: int = 1):
-    """Best-of-``repeats`` wall time of ``fn()`` (after one warm-up call) and its last result."""
+def _timed(fn: Callable, device: str):
+    _sync(device)
+    wall, cpu = time.perf_counter(), time.process_time()
     out = fn()
-    best = float("inf")
+    _sync(device)
+    return time.perf_counter() - wall, time.process_time() - cpu, out
+
+
+def _compare(model_name: str, work: str, seed_fn: Callable, mech_fn: Callable, check: Callable, device: str,
+             repeats: int, tol: float) -> Comparison:
+    """Seed and mechlab interleaved ``repeats`` times (best wall and best CPU time of each); ``check(seed, mech)``
+    gives (max_diff, scale) and a disagreement above ``tol * scale`` raises."""
+    best = {"seed": [float("inf")] * 2, "mech": [float("inf")] * 2}
+    results = {}
     for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        out = fn()
-        _sync(device)
-        best = min(best, time.perf_counter() - t0)
-    return best, out
+        for key, fn in (("seed", seed_fn), ("mech", mech_fn)):
+            wall, cpu, results[key] = _timed(fn, device)
+            best[key] = [min(best[key][0], wall), min(best[key][1], cpu)]
+    diff, scale = check(results["seed"], results["mech"])
+    if not diff <= tol * max(scale, 1e-6):
+        raise RuntimeError(f"{model_name} {work}: the seed's algorithm and mechlab's disagree (max |diff| {diff:.3g}, "
+                           f"scale {scale:.3g}); the timings would compare different computations.")
+    return Comparison(model_name, work, best["seed"][0], best["mech"][0], best["seed"][1], best["mech"][1], diff,
+                      scale)
 
 
-def _peak_mb(device: str) -> float:
-    if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+def _diff(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    a, b = a.detach().float().cpu(), b.detach().float().cpu()
+    if a.shape != b.shape:
+        raise RuntimeError(f"shapes differ: seed {tuple(a.shape)} vs mechlab {tuple(b.shape)}")
+    return float((a - b).abs().max()), float(a.abs().max())
 
 
-def _patch_heads_loop(model, clean, corr_z, metric) -> torch.Tensor:
-    """Exact noising patch of each head's z at all positions, one forward pass per head."""
-    from mechlab.core.activations import hook_name
+def _prompt(model, n_tokens: int) -> str:
+    """A filler-text prompt of about ``n_tokens`` tokens in this model's tokenizer."""
+    from mechlab.data.filler import make_filler
 
-    out = []
-    with torch.no_grad():
-        for layer in range(model.cfg.n_layers):
-            for h in range(model.cfg.n_heads):
-                def hook(act, hook, layer=layer, h=h):
-                    act = act.clone()
-                    act[:, :, h] = corr_z[layer][:, :, h]
-                    return act
-                out.append(metric(model.run_with_hooks(clean, fwd_hooks=[(hook_name("z", layer), hook)])).mean())
-    return torch.stack(out)
-
-
-def _patch_heads_batched(model, clean, corrupted, metric, max_batch: int) -> torch.Tensor:
-    """The same patches through :func:`mechlab.methods.patching.activation_patching` (what the course uses): the
-    heads are
-    stacked along the batch, ``max_batch`` sequences per pass."""
-    from mechlab.methods.patching import activation_patching
-
-    result = activation_patching(model, clean, corrupted, metric, kind="z", direction="noising", per_position=False,
-                                 max_batch=max_batch, progress=False)
-    return result.values.to(clean.device)
+    words = " ".join(make_filler(max(8, n_tokens // 4), seed=0)).split(" ")
+    lo, hi = 1, len(words)
+    while lo < hi:  # the longest prefix of words within n_tokens tokens
+        mid = (lo + hi + 1) // 2
+        if model.to_tokens(" ".join(words[:mid])).shape[1] <= n_tokens:
+            lo = mid
+        else:
+            hi = mid - 1
+    return " ".join(words[:lo])
 
 
-def _ig_loop(model, clean, corrupted, metric, steps: int) -> torch.Tensor:
-    """IG on z with one forward-backward per (layer, alpha): the unbatched reference."""
-    from mechlab.core.activations import hook_name
-    from mechlab.methods.attribution import ig_alphas
-
-    rows = []
-    for layer in range(model.cfg.n_layers):
-        name = hook_name("z", layer)
-        cache = {}
-        for key, toks in (("base", clean), ("target", corrupted)):
-            with torch.no_grad():
-                def keep(act, hook, key=key, c=cache):
-                    c[key] = act
-                model.run_with_hooks(toks, fwd_hooks=[(name, keep)])
-        base, target = cache["base"], cache["target"]
-        grad_sum = torch.zeros_like(base, dtype=torch.float32)
-        for alpha, weight in ig_alphas(steps):
-            point = (base + alpha * (target - base)).requires_grad_(True)
-            with torch.enable_grad():
-                logits = model.run_with_hooks(clean, fwd_hooks=[(name, lambda act, hook, p=point: act * 0 + p)])
-                (grad,) = torch.autograd.grad(metric(logits).sum(), [point])
-            grad_sum += weight * grad.float()
-        rows.append(((target - base).float() * grad_sum).sum(-1).mean(0).transpose(0, 1))  # [head, pos]
-    return torch.cat(rows)
-
-
-def bench_model(name: str, *, batch: int, pos: int, steps: int, max_batch: int, device: str | None,
-                repeats: int = 1) -> Row:
-    """Measure one model; see the module docstring for what each number is."""
-    from mechlab.core.activations import hook_name
+def bench_model(name: str, size: str, *, device: str | None = None, repeats: int = 1) -> Report:
+    """Every comparison of the module docstring on one model."""
     from mechlab.core.loading import load_model
     from mechlab.core.runs import logit_diff_metric
     from mechlab.methods.attribution import attribution_patching, integrated_gradients
+    from mechlab.methods.generate import generate
+    from mechlab.methods.patching import activation_patching
+    from mechlab.methods.self_repair import self_repair_sweep
 
+    spec = SIZES[size]
     model = load_model(name, device=device, verbose=False)
     dev = str(next(model.parameters()).device)
-    g = torch.Generator().manual_seed(0)
     vocab = min(model.cfg.d_vocab, 250)
-    clean = torch.randint(5, vocab, (batch, pos), generator=g).to(dev)
-    corrupted = clean.clone()
-    corrupted[:, pos // 2] = torch.randint(5, vocab, (batch,), generator=g).to(dev)
+    g = torch.Generator().manual_seed(0)
+
+    def pair(batch, pos):
+        clean = torch.randint(5, vocab, (batch, pos), generator=g)
+        corrupted = clean.clone()
+        corrupted[:, pos // 2] = torch.randint(5, vocab, (batch,), generator=g)
+        return clean.to(dev), corrupted.to(dev)
+
+    rows = []
+    n_prompt, n_new = spec["gen"]
+    prompt = _prompt(model, n_prompt)
+    rows.append(_compare(
+        name, f"generate {n_new} tokens after {model.to_tokens(prompt).shape[1]}",
+        lambda: seeds.generate_until_stop(model, prompt, [], n_new),
+        lambda: generate(model, [prompt], max_new_tokens=n_new, stop_at_eos=False, progress=False).tokens[0],
+        lambda a, b: (float((a != b.to(a.device)).sum()) if a.shape == b.shape else float(len(a)), 1.0),
+        dev, repeats, tol=0.0))
+
+    batch, pos = spec["one"]
+    clean, corrupted = pair(batch, pos)
     metric = logit_diff_metric(torch.randint(5, vocab, (batch,), generator=g),
                                torch.randint(5, vocab, (batch,), generator=g))
-    if dev.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
+    kinds = ("resid_pre", "mlp_out", "z")
 
+    def atp_check(seed, mech):
+        worst = (0.0, 0.0)
+        for kind in kinds:
+            s = seed[kind]
+            if s.ndim == 3:  # [layer, pos, head] -> [layer * head, pos] like mechlab's rows
+                s = s.permute(0, 2, 1).flatten(0, 1)
+            d, sc = _diff(s, mech[kind].values)
+            worst = (max(worst[0], d), max(worst[1], sc))
+        return worst
+
+    rows.append(_compare(name, f"AtP resid_pre+mlp_out+z {batch}x{pos}",
+                         lambda: seeds.atp_all_to_cpu(model, clean, corrupted, metric, kinds),
+                         lambda: attribution_patching(model, clean, corrupted, metric, kinds=kinds),
+                         atp_check, dev, repeats, tol=1e-3))
+    n_heads = model.cfg.n_layers * model.cfg.n_heads
+    rows.append(_compare(name, f"exact patching, {n_heads} heads' z {batch}x{pos}",
+                         lambda: seeds.patch_heads_loop(model, clean, corrupted, metric),
+                         lambda: activation_patching(model, clean, corrupted, metric, kind="z", per_position=False,
+                                                     progress=False).values,
+                         _diff, dev, repeats, tol=1e-4))
+    steps = spec["steps"]
+    rows.append(_compare(name, f"IG on z, {model.cfg.n_layers} layers x {steps} alphas {batch}x{pos}",
+                         lambda: seeds.ig_loop(model, clean, corrupted, metric, steps),
+                         lambda: integrated_gradients(model, clean, corrupted, metric, kind="z", steps=steps,
+                                                      progress=False).values,
+                         _diff, dev, repeats, tol=1e-3))
+
+    sb, sp = spec["sweep"]
+    s_clean, s_corr = pair(sb, sp)
+
+    def sweep_check(seed, mech):
+        d1 = _diff(seed["delta_logit"], mech.delta_logit.values)
+        d2 = _diff(seed["heads_change"], mech.direct.values + mech.heads.values)
+        return max(d1[0], d2[0]), max(d1[1], d2[1])
+
+    rows.append(_compare(name, f"self-repair, resample-ablate {n_heads} heads {sb}x{sp}",
+                         lambda: seeds.backup_sweep(model, s_clean, s_corr),
+                         lambda: self_repair_sweep(model, s_clean, s_corr, progress=False),
+                         sweep_check, dev, repeats, tol=1e-3))
+
+    # AtP against the least it can cost: one forward (the target run) + one forward-backward (the baseline run)
     with torch.no_grad():
-        fwd_s, _ = _timed(lambda: model(clean), dev, repeats)
+        fwd = min(_timed(lambda: model(clean), dev)[0] for _ in range(max(2, repeats)))
 
     def fwd_bwd():
         model.zero_grad(set_to_none=True)
         metric(model(clean)).sum().backward()
 
-    fwd_bwd_s, _ = _timed(fwd_bwd, dev, repeats)
+    fwd_bwd_s = min(_timed(fwd_bwd, dev)[0] for _ in range(max(2, repeats)))
     model.zero_grad(set_to_none=True)
-    atp_s, _ = _timed(lambda: attribution_patching(model, clean, corrupted, metric), dev, repeats)
-
-    corr_z = {}
-    names = {hook_name("z", layer): layer for layer in range(model.cfg.n_layers)}
-    with torch.no_grad():
-        model.run_with_hooks(corrupted, fwd_hooks=[(n, lambda act, hook, n=n: corr_z.__setitem__(names[n], act))
-                                                   for n in names])
-    patch_loop_s, loop = _timed(lambda: _patch_heads_loop(model, clean, corr_z, metric), dev)
-    patch_batched_s, batched = _timed(lambda: _patch_heads_batched(model, clean, corrupted, metric, max_batch), dev)
-    patch_diff = float((loop - batched).abs().max())
-
-    ig_loop_s, ig_ref = _timed(lambda: _ig_loop(model, clean, corrupted, metric, steps), dev)
-    ig_batched_s, ig = _timed(lambda: integrated_gradients(model, clean, corrupted, metric, kind="z", steps=steps,
-                                                          max_batch=max_batch, progress=False), dev)
-    ig_diff = float((ig_ref.cpu() - ig.values).abs().max())
-    scale = max(float(ig_ref.abs().max()), 1e-6)
-    if patch_diff > 1e-4 or ig_diff > 1e-3 * scale + 1e-6:
-        raise RuntimeError(f"{name}: batched and looped results disagree (patching {patch_diff:.3g}, IG "
-                           f"{ig_diff:.3g}); the timings would compare different computations.")
-    row = Row(name, fwd_s, fwd_bwd_s, atp_s, patch_loop_s, patch_batched_s, ig_loop_s, ig_batched_s, _peak_mb(dev),
-              patch_diff, ig_diff)
-    return row
+    atp_s = min(_timed(lambda: attribution_patching(model, clean, corrupted, metric, kinds=kinds), dev)[0]
+                for _ in range(max(2, repeats)))
+    return Report(name, dev, rows, fwd, fwd_bwd_s, atp_s)
 
 
-def format_table(rows: list[Row], device: str) -> str:
-    head = (f"{'model':<20} {'fwd s':>8} {'fwd+bwd s':>10} {'AtP s':>8} {'AtP/(f+fb)':>11} {'patch x':>8} "
-            f"{'IG x':>7} {'peak MB':>9}")
-    lines = [f"device: {device}", head, "-" * len(head)]
-    for r in rows:
-        lines.append(f"{r.model:<20} {r.fwd_s:>8.4f} {r.fwd_bwd_s:>10.4f} {r.atp_s:>8.4f} {r.atp_ratio:>11.2f} "
-                     f"{r.patch_speedup:>8.1f} {r.ig_speedup:>7.1f} {r.peak_mem_mb:>9.0f}")
-    lines.append("patch x: loop of one forward per head / heads batched; IG x: one fwd-bwd per (layer, alpha) / "
-                 "batched over (layer, alpha). Peak MB: CUDA peak allocated, or the CPU process's peak RSS so far.")
+def format_table(reports: list[Report]) -> str:
+    """A markdown table of every comparison, then AtP's overhead line per model."""
+    lines = ["| model | work | seed s | mechlab s | seed / mechlab | seed CPU s | mechlab CPU s | CPU ratio | "
+             "max diff |", "|---|---|---|---|---|---|---|---|---|"]
+    for rep in reports:
+        for r in rep.rows:
+            lines.append(f"| {r.model} | {r.work} | {r.seed_wall:.2f} | {r.mech_wall:.2f} | {r.ratio_wall:.1f}x | "
+                         f"{r.seed_cpu:.2f} | {r.mech_cpu:.2f} | {r.ratio_cpu:.1f}x | {r.max_diff:.1g} |")
+    for rep in reports:
+        lines.append(f"{rep.model} on {rep.device}: forward {rep.fwd_s:.3f} s, forward-backward {rep.fwd_bwd_s:.3f} s, "
+                     f"AtP {rep.atp_s:.3f} s = {rep.atp_ratio:.2f} x (forward + forward-backward)")
     return "\n".join(lines)
 
 
 def run(size: str = "tiny", *, models: list[str] | None = None, device: str | None = None,
-        repeats: int = 1) -> list[Row]:
-    """Benchmark every model of ``size`` (or ``models``) and return the rows (also printed as a table)."""
+        repeats: int = 1) -> list[Report]:
+    """Benchmark every model of ``size`` (or ``models``), print the table, return the reports."""
     if size not in SIZES:
         raise ValueError(f"size={size!r}; expected one of {sorted(SIZES)}.")
-    default_models, batch, pos, steps, max_batch = SIZES[size]
-    rows = []
-    for name in models or default_models:
-        print(f"benchmarking {name} (batch {batch}, pos {pos}, IG steps {steps}) ...", flush=True)
-        rows.append(bench_model(name, batch=batch, pos=pos, steps=steps, max_batch=max_batch, device=device,
-                                repeats=repeats))
-    from mechlab.core.loading import default_device
-
-    print(format_table(rows, device or default_device()))
-    return rows
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"benchmarks.run --size {size}: torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"load average {load:.1f} on {os.cpu_count()} cores at the start", flush=True)
+    reports = []
+    for name in models or SIZES[size]["models"]:
+        print(f"benchmarking {name} ...", flush=True)
+        reports.append(bench_model(name, size, device=device, repeats=repeats))
+    print(format_table(reports))
+    if hasattr(os, "getloadavg"):
+        print(f"load average at the end: {os.getloadavg()[0]:.1f}")
+    return reports
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -229,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
     parser.add_argument("--models", nargs="*", default=None, help="override the size's model list")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
-    parser.add_argument("--repeats", type=int, default=1, help="timed repeats of the short measurements")
+    parser.add_argument("--repeats", type=int, default=1, help="interleaved repeats (best of each is kept)")
     args = parser.parse_args(argv)
     run(args.size, models=args.models, device=args.device, repeats=args.repeats)
     return 0
