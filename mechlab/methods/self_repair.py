@@ -28,6 +28,14 @@ Resample ablation replaces a head's ``z`` at every position with its value on ot
 prompt by prompt). Many ablations run in one forward pass: each on its own copy of the batch stacked along the
 batch axis, chunked to fit memory, with a tqdm bar; the result equals one forward pass per ablation (tested).
 
+Speed: an ablated run starts at the ablated layer from the clean run's cached residual stream
+(``mechlab.core.runs.run_from``; the layers before it compute what they computed in the clean run, and their
+direct effects are unchanged). Direct effects are read along the readout direction only: with
+``u = centre(W_U[:, target] * w) / scale_clean`` (``w`` the final norm's weight), head ``h`` of layer ``l`` reads
+``z . (W_O[l, h] u)`` and an MLP ``mlp_out . u``, so no [component, batch, pos, d_model] stack of head outputs is
+ever built, and the target logit is ``ln_final(resid) . W_U[:, target] + b_U[target]`` (checked on the clean run
+against the model's logits; where they differ, e.g. a soft-capped unembedding, the full unembedding is used).
+
 Example::
 
     from mechlab.core.loading import load_model
