@@ -142,6 +142,24 @@ def test_runner_executes_writes_html_and_reports_model(tmp_path, capsys):
     assert "toy-test" in out and "FAILED" in out and "ZeroDivisionError" in out
 
 
+def test_runner_lists_standin_skips_and_checks_the_model(tmp_path, capsys):
+    v4 = nbformat.v4
+    meta = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
+    cells = [v4.new_code_cell("print('mechlab: loaded gpt2 [hub, mechlab stand-in; STAND-IN]')"),
+             v4.new_code_cell("print('skipped on a stand-in model: IOI answered')\n"
+                              "print('skipped on a stand-in model: IOI answered')")]
+    src = tmp_path / "nbs" / "a.ipynb"
+    src.parent.mkdir()
+    nbformat.write(v4.new_notebook(cells=cells, metadata=meta), src)
+    assert run.main([str(src), "--out", str(tmp_path / "b"), "--no-html", "--expect-model", "gpt2"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("skipped on a stand-in model: IOI answered") == 1 and "ok" in out
+    assert (tmp_path / "b" / "nbs" / "a.ipynb").is_file() and not (tmp_path / "b" / "nbs" / "a.html").exists()
+    # a notebook that loaded another model (e.g. fell back to the organism) fails under --expect-model
+    assert run.main([str(src), "--out", str(tmp_path / "b"), "--no-html", "--expect-model", "google/gemma-2b"]) == 1
+    assert "expected the notebook to load 'google/gemma-2b'" in capsys.readouterr().out
+
+
 def test_shrink_outputs_replaces_only_large_outputs():
     v4 = nbformat.v4
     nb = v4.new_notebook(cells=[v4.new_code_cell("x", outputs=[
