@@ -1,6 +1,7 @@
 """GPT-2's tokenizer rebuilt from openai-whisper's rank file (PyPI): real GPT-2 ids, offline once fetched."""
 
 import base64
+import subprocess
 
 import pytest
 
@@ -70,3 +71,19 @@ def test_missing_source_without_fetch_says_what_to_run(tmp_path, monkeypatch):
     monkeypatch.setattr(g2, "_ranks_from_installed_whisper", lambda: None)
     with pytest.raises(ModelUnavailableError, match="python -m mechlab.core.gpt2_tokenizer"):
         g2.gpt2_tokenizer_dir(fetch=False)
+
+
+def test_a_failed_download_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("MECHLAB_CACHE", str(tmp_path))
+    monkeypatch.setattr(g2, "_ranks_from_installed_whisper", lambda: None)
+    calls = []
+
+    def refuse(cmd, **kwargs):
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 1, stdout="", stderr="ERROR: No matching distribution found")
+
+    monkeypatch.setattr(g2.subprocess, "run", refuse)
+    with pytest.raises(ModelUnavailableError, match="Could not download openai-whisper==20250625.*No matching"):
+        g2.gpt2_tokenizer_dir(fetch=True, quiet=True)
+    assert calls and all(c[c.index("download") + 1:][:1] == ["--no-deps"] for c in calls)
+    assert all("openai-whisper==20250625" in c for c in calls)

@@ -156,11 +156,17 @@ def fetch_sdist(*, quiet: bool = False) -> Path:
     if not quiet:
         print(f"mechlab: fetching GPT-2's BPE ranks from PyPI ({WHISPER_SDIST}, ~800 kB) into {folder}")
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--no-build-isolation",
-               "--quiet", "--dest", tmp, WHISPER_SDIST]
-        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        got = Path(tmp) / SDIST_FILE
-        if done.returncode != 0 or not got.is_file():
+        # pip reads the sdist's metadata, which needs setuptools: the installed one first (fast), then pip's isolated
+        # build environment (setuptools from PyPI; Python >= 3.12 venvs ship without it, old ones may be too old)
+        attempts = [["--no-build-isolation"], []] if importlib.util.find_spec("setuptools") is not None else [[]]
+        for isolation in attempts:
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", *isolation,
+                   "--quiet", "--dest", tmp, WHISPER_SDIST]
+            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            got = Path(tmp) / SDIST_FILE
+            if done.returncode == 0 and got.is_file():
+                break
+        else:
             tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
             raise ModelUnavailableError(
                 f"Could not download {WHISPER_SDIST} from PyPI (pip exited {done.returncode}: {' / '.join(tail)}). "

@@ -11,6 +11,11 @@ Names ``load_model`` understands:
     ``random-gpt2-small``              GPT-2 small's shape, random weights (speed and shape checks)
     ``random-gemma-2b``                Gemma-2b's shape (RMSNorm, rotary, multi-query), random weights
 
+A hub name found in the local Hugging Face cache loads offline. A cached folder whose ``config.json`` carries
+``"mechlab_standin": true`` (built by ``python -m mechlab.models.standins build``: random weights under the names
+``gpt2`` and ``google/gemma-2b``, for CI's GPT-2 / Gemma code-path mode) loads with ``ModelInfo.standin=True`` and
+is printed as a STAND-IN, never as the real model.
+
 Random-init models use the organism's tokenizer when it is shipped, else a byte-level tokenizer; their
 vocabulary size is the real architecture's, so token ids from the small tokenizer are all valid.
 
