@@ -11,10 +11,10 @@ STAMP := $(VENV)/.mechlab-installed
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 MECHLAB_MODEL=$${MECHLAB_MODEL:-offline} PYTHONHASHSEED=0
 
 # CI's GPT-2 / Gemma code-path mode (make test-gpt2): random-weight stand-ins served offline under the real hub
-# names from a local hub cache (mechlab.models.standins), notebooks run headless at CI sizes (MECHLAB_SIZE=ci).
+# names from a local hub cache (mechlab.models.standins), notebooks run headless at CI sizes (MECHLAB_SIZES=ci).
 STANDIN_HF ?= build/standin-hf
 STANDIN_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONHASHSEED=0 \
-	HF_HUB_CACHE=$(abspath $(STANDIN_HF))/hub MECHLAB_SIZE=ci
+	HF_HUB_CACHE=$(abspath $(STANDIN_HF))/hub MECHLAB_SIZES=ci
 GPT2_NOTEBOOKS := notebooks/01_tokens_and_logits.ipynb notebooks/02_attention_patterns.ipynb \
 	notebooks/04_direct_logit_attribution.ipynb notebooks/05_patching_and_attribution.ipynb \
 	notebooks/06_backup_heads_and_self_repair.ipynb
@@ -50,12 +50,12 @@ test: setup gpt2-tokenizer
 standins: setup
 	$(OFFLINE) $(VPY) -m mechlab.models.standins build --out $(STANDIN_HF)
 
-## CI's GPT-2 mode: the GPT-2 branch of units 01, 02, 04, 05, 06 and the Gemma branch of 07 on the stand-ins, at CI
-## sizes. No cell may fail; learned-behaviour asserts are skipped on a stand-in and listed by name.
+## CI's GPT-2 mode: the GPT-2 branch of units 01, 02, 04, 05, 06 (with 06's Gemma cell) and the Gemma branch of 07
+## on the stand-ins, at CI sizes. No cell may fail; learned-behaviour asserts are skipped on a stand-in and listed by name.
 test-gpt2: standins
 	env -u MECHLAB_MODEL $(STANDIN_ENV) $(VPY) -m mechlab.course.run $(GPT2_NOTEBOOKS) --out build/gpt2-mode \
 		--no-html --expect-model gpt2
-	$(STANDIN_ENV) MECHLAB_MODEL=google/gemma-2b $(VPY) -m mechlab.course.run $(GEMMA_NOTEBOOKS) \
+	env -u MECHLAB_MODEL $(STANDIN_ENV) MECHLAB_DTYPE=bfloat16 $(VPY) -m mechlab.course.run $(GEMMA_NOTEBOOKS) \
 		--out build/gemma-mode --no-html --expect-model google/gemma-2b
 
 unit: setup
