@@ -197,3 +197,13 @@ def test_html_export_draws_plotly_figures_offline(tmp_path):
     assert page.count("Plotly.newPlot") == 2, "each figure must be drawn"
     assert page.count("plotly.js v") == 1, "plotly.js must be inlined exactly once (offline, not per figure)"
     assert "text/html" not in nb.cells[0].outputs[0].data
+
+
+def test_gpt2_mode_names_notebooks_that_exist_and_runs_in_ci():
+    makefile = (ROOT / "Makefile").read_text()
+    listed = [word for word in makefile.replace("\\\n", " ").split() if word.startswith("notebooks/") and word.endswith(".ipynb")]
+    assert len(listed) >= 6 and all((ROOT / p).is_file() for p in listed), listed
+    for unit in ("01", "02", "04", "05", "06", "07"):
+        assert any(Path(p).name.startswith(unit) for p in listed), f"unit {unit} missing from make test-gpt2"
+    assert "--expect-model gpt2" in makefile and "--expect-model google/gemma-2b" in makefile
+    assert "make test-gpt2" in (ROOT / ".ci" / "run").read_text()
