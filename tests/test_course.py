@@ -201,7 +201,8 @@ def test_html_export_draws_plotly_figures_offline(tmp_path):
 
 def test_gpt2_mode_names_notebooks_that_exist_and_runs_in_ci():
     makefile = (ROOT / "Makefile").read_text()
-    listed = [word for word in makefile.replace("\\\n", " ").split() if word.startswith("notebooks/") and word.endswith(".ipynb")]
+    words = makefile.replace("\\\n", " ").split()
+    listed = [word for word in words if word.startswith("notebooks/") and word.endswith(".ipynb")]
     assert len(listed) >= 6 and all((ROOT / p).is_file() for p in listed), listed
     for unit in ("01", "02", "04", "05", "06", "07"):
         assert any(Path(p).name.startswith(unit) for p in listed), f"unit {unit} missing from make test-gpt2"
