@@ -16,7 +16,7 @@ STANDIN_HF ?= build/standin-hf
 STANDIN_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONHASHSEED=0 \
 	HF_HUB_CACHE=$(abspath $(STANDIN_HF))/hub MECHLAB_SIZES=ci
 GPT2_NOTEBOOKS := notebooks/01_tokens_and_logits.ipynb notebooks/02_attention_patterns.ipynb \
-	notebooks/04_direct_logit_attribution.ipynb notebooks/05_patching_and_attribution.ipynb \
+	notebooks/03b_reading_weights.ipynb notebooks/04_direct_logit_attribution.ipynb notebooks/05_patching_and_attribution.ipynb \
 	notebooks/06_backup_heads_and_self_repair.ipynb
 GEMMA_NOTEBOOKS := notebooks/07_cot_case_study.ipynb
 
@@ -50,8 +50,9 @@ test: setup gpt2-tokenizer
 standins: setup
 	$(OFFLINE) $(VPY) -m mechlab.models.standins build --out $(STANDIN_HF)
 
-## CI's GPT-2 mode: the GPT-2 branch of units 01, 02, 04, 05, 06 (with 06's Gemma cell) and the Gemma branch of 07
-## on the stand-ins, at CI sizes. No cell may fail; learned-behaviour asserts are skipped on a stand-in and listed by name.
+## CI's GPT-2 mode: the GPT-2 branch of units 01, 02, 03b, 04, 05, 06 (with 06's Gemma cell) and the Gemma branch of
+## 07 (bfloat16) on the stand-ins, at CI sizes; only the notebooks/ copies (solutions/ share their code paths). No cell
+## may fail; learned-behaviour asserts are skipped on a stand-in and listed by name. ~10 min on 2 cores (README).
 test-gpt2: standins
 	env -u MECHLAB_MODEL $(STANDIN_ENV) $(VPY) -m mechlab.course.run $(GPT2_NOTEBOOKS) --out build/gpt2-mode \
 		--no-html --expect-model gpt2
