@@ -10,7 +10,17 @@ VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.mechlab-installed
 OFFLINE := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 MECHLAB_MODEL=$${MECHLAB_MODEL:-offline} PYTHONHASHSEED=0
 
-.PHONY: setup course test unit nbval exercises lab lint bench clean site site-test
+# CI's GPT-2 / Gemma code-path mode (make test-gpt2): random-weight stand-ins served offline under the real hub
+# names from a local hub cache (mechlab.models.standins), notebooks run headless at CI sizes (MECHLAB_SIZES=ci).
+STANDIN_HF ?= build/standin-hf
+STANDIN_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONHASHSEED=0 \
+	HF_HUB_CACHE=$(abspath $(STANDIN_HF))/hub MECHLAB_SIZES=ci
+GPT2_NOTEBOOKS := notebooks/01_tokens_and_logits.ipynb notebooks/02_attention_patterns.ipynb \
+	notebooks/03b_reading_weights.ipynb notebooks/04_direct_logit_attribution.ipynb notebooks/05_patching_and_attribution.ipynb \
+	notebooks/06_backup_heads_and_self_repair.ipynb
+GEMMA_NOTEBOOKS := notebooks/07_cot_case_study.ipynb
+
+.PHONY: setup course test test-gpt2 standins gpt2-tokenizer unit nbval exercises lab lint bench clean site site-test
 
 setup: $(STAMP)
 
@@ -22,15 +32,32 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 ## Run every notebook in notebooks/ and solutions/ headless on the offline model; executed copies + HTML in build/.
-course: setup
+course: setup gpt2-tokenizer
 	$(OFFLINE) $(VPY) -m mechlab.course.run notebooks solutions --out build
 
+## GPT-2's real tokenizer, rebuilt once from a file in openai-whisper's sdist (PyPI only) into the mechlab cache.
+gpt2-tokenizer: setup
+	$(VPY) -m mechlab.core.gpt2_tokenizer
+
 ## Unit tests, then nbval on every notebook in notebooks/ and solutions/.
-test: setup
+test: setup gpt2-tokenizer
 	$(VPY) -m ruff check .
 	$(OFFLINE) $(VPY) -m pytest tests -q
 	$(OFFLINE) $(VPY) -m pytest notebooks solutions -q --nbval-lax --nbval-current-env \
 		--nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider
+
+## Build the stand-ins (gpt2, google/gemma-2b: random weights, marked STAND-IN) into $(STANDIN_HF)/hub.
+standins: setup
+	$(OFFLINE) $(VPY) -m mechlab.models.standins build --out $(STANDIN_HF)
+
+## CI's GPT-2 mode: the GPT-2 branch of units 01, 02, 03b, 04, 05, 06 (with 06's Gemma cell) and the Gemma branch of
+## 07 (bfloat16) on the stand-ins, at CI sizes; only the notebooks/ copies (solutions/ share their code paths). No cell
+## may fail; learned-behaviour asserts are skipped on a stand-in and listed by name. ~10 min on 2 cores (README).
+test-gpt2: standins
+	env -u MECHLAB_MODEL $(STANDIN_ENV) $(VPY) -m mechlab.course.run $(GPT2_NOTEBOOKS) --out build/gpt2-mode \
+		--no-html --expect-model gpt2
+	env -u MECHLAB_MODEL $(STANDIN_ENV) MECHLAB_DTYPE=bfloat16 $(VPY) -m mechlab.course.run $(GEMMA_NOTEBOOKS) \
+		--out build/gemma-mode --no-html --expect-model google/gemma-2b
 
 unit: setup
 	$(OFFLINE) $(VPY) -m pytest tests -q

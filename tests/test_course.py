@@ -142,6 +142,24 @@ def test_runner_executes_writes_html_and_reports_model(tmp_path, capsys):
     assert "toy-test" in out and "FAILED" in out and "ZeroDivisionError" in out
 
 
+def test_runner_lists_standin_skips_and_checks_the_model(tmp_path, capsys):
+    v4 = nbformat.v4
+    meta = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
+    cells = [v4.new_code_cell("print('mechlab: loaded gpt2 [hub, mechlab stand-in; STAND-IN]')"),
+             v4.new_code_cell("print('skipped on a stand-in model: IOI answered')\n"
+                              "print('skipped on a stand-in model: IOI answered')")]
+    src = tmp_path / "nbs" / "a.ipynb"
+    src.parent.mkdir()
+    nbformat.write(v4.new_notebook(cells=cells, metadata=meta), src)
+    assert run.main([str(src), "--out", str(tmp_path / "b"), "--no-html", "--expect-model", "gpt2"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("skipped on a stand-in model: IOI answered") == 1 and "ok" in out
+    assert (tmp_path / "b" / "nbs" / "a.ipynb").is_file() and not (tmp_path / "b" / "nbs" / "a.html").exists()
+    # a notebook that loaded another model (e.g. fell back to the organism) fails under --expect-model
+    assert run.main([str(src), "--out", str(tmp_path / "b"), "--no-html", "--expect-model", "google/gemma-2b"]) == 1
+    assert "expected the notebook to load 'google/gemma-2b'" in capsys.readouterr().out
+
+
 def test_shrink_outputs_replaces_only_large_outputs():
     v4 = nbformat.v4
     nb = v4.new_notebook(cells=[v4.new_code_cell("x", outputs=[
@@ -179,3 +197,14 @@ def test_html_export_draws_plotly_figures_offline(tmp_path):
     assert page.count("Plotly.newPlot") == 2, "each figure must be drawn"
     assert page.count("plotly.js v") == 1, "plotly.js must be inlined exactly once (offline, not per figure)"
     assert "text/html" not in nb.cells[0].outputs[0].data
+
+
+def test_gpt2_mode_names_notebooks_that_exist_and_runs_in_ci():
+    makefile = (ROOT / "Makefile").read_text()
+    words = makefile.replace("\\\n", " ").split()
+    listed = [word for word in words if word.startswith("notebooks/") and word.endswith(".ipynb")]
+    assert len(listed) >= 6 and all((ROOT / p).is_file() for p in listed), listed
+    for unit in ("01", "02", "04", "05", "06", "07"):
+        assert any(Path(p).name.startswith(unit) for p in listed), f"unit {unit} missing from make test-gpt2"
+    assert "--expect-model gpt2" in makefile and "--expect-model google/gemma-2b" in makefile
+    assert "make test-gpt2" in (ROOT / ".ci" / "run").read_text()

@@ -198,3 +198,11 @@ def test_prompts_that_are_not_strings_are_refused(gpt2_like):
             generate(gpt2_like, bad)
     with pytest.raises(ValueError, match="non-empty list of strings"):
         generate(gpt2_like, ["ok", None])
+
+
+def test_generation_leaves_no_module_hooks_behind(gpt2_like):
+    """The pre-hooks that hand the KV cache to the bridge's attention (transformers >= 5.24) live only while
+    generating."""
+    before = [len(block.attn._forward_pre_hooks) for block in gpt2_like.blocks]
+    generate(gpt2_like, PROMPTS[:2], max_new_tokens=3, stop_at_eos=False)
+    assert [len(block.attn._forward_pre_hooks) for block in gpt2_like.blocks] == before

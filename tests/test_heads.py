@@ -9,6 +9,7 @@ import torch
 
 from mechlab.core.activations import hook_name
 from mechlab.methods import heads
+from mechlab.methods.circuits import GPT2_INDUCTION_CIRCUIT
 
 
 def loop_scores(pattern, tokens):
@@ -148,7 +149,16 @@ def test_planted_induction_head_is_detected(gemma_like):
 
 def test_known_heads_and_comparison():
     known = heads.known_heads("gpt2")
-    assert known["induction"] == ["L5H5", "L5H8", "L5H9", "L6H9"]
+    assert known["induction"] == ["L5H1", "L5H5", "L6H9", "L7H2", "L7H10"]
     assert heads.known_heads("tiny-gpt2") is None
     cmp = heads.compare_heads({"induction": ["L5H5", "L1H1"]}, known)
-    assert cmp["induction"] == {"found": ["L5H5"], "missed": ["L5H8", "L5H9", "L6H9"], "new": ["L1H1"]}
+    assert cmp["induction"] == {"found": ["L5H5"], "missed": ["L5H1", "L6H9", "L7H10", "L7H2"], "new": ["L1H1"]}
+
+
+def test_gpt2_heads_have_one_source_of_truth():
+    for kind in ("induction", "previous_token"):
+        assert GPT2_INDUCTION_CIRCUIT[kind] == heads.GPT2_KNOWN_HEADS[kind]
+    assert GPT2_INDUCTION_CIRCUIT["previous_token"][0] == "L4H11"  # unit 03b reads the strongest one
+    assert set(heads.GPT2_HEAD_SOURCES) == set(heads.HEAD_TYPES)
+    # the IOI paper's induction class overlaps the induction-score list in L5H5 and L6H9
+    assert set(heads.GPT2_IOI_INDUCTION_HEADS) & set(heads.GPT2_KNOWN_HEADS["induction"]) == {"L5H5", "L6H9"}

@@ -161,3 +161,47 @@ def test_plan_prints_its_choice_and_reasons():
 def test_refuses_unknown_size():
     with pytest.raises(ValueError, match="n_params"):
         preflight.preflight("someone/unknown-model", verbose=False)
+
+
+@pytest.fixture
+def standin_cache(hub, monkeypatch, tmp_path):
+    """A cached stand-in of google/gemma-2b: marked in its config, with a small safetensors file of its own."""
+    import torch
+    from safetensors.torch import save_file
+
+    tensors = {"embed.weight": torch.zeros(300, 16), "blocks.0.w": torch.zeros(16, 48), "norm.weight": torch.ones(16)}
+    path = tmp_path / "model.safetensors"
+    save_file(tensors, str(path))
+    monkeypatch.setattr(loading, "standin_marked", lambda name: name == "google/gemma-2b")
+    monkeypatch.setattr(loading, "_in_local_hf_cache", lambda name: name == "google/gemma-2b")
+    monkeypatch.setattr(loading, "hub_reachable", lambda timeout=2.0: False)
+    monkeypatch.setattr(preflight, "try_to_load_from_cache",
+                        lambda name, filename: str(path) if filename == "model.safetensors" else None)
+    monkeypatch.delenv(preflight.DTYPE_ENV, raising=False)
+    return sum(t.numel() for t in tensors.values())
+
+
+def test_a_cached_stand_in_runs_on_the_cpu_at_its_own_size(standin_cache, capsys):
+    assert preflight.standin_params("google/gemma-2b") == standin_cache
+    plan = preflight.preflight("google/gemma-2b")
+    assert not plan.fallback and plan.model == "google/gemma-2b" and (plan.device, plan.dtype) == ("cpu", "float32")
+    out = capsys.readouterr().out
+    assert "mechlab stand-in" in out and "small enough" in out
+
+
+def test_the_dtype_can_be_forced_for_ci(standin_cache, monkeypatch, capsys):
+    monkeypatch.setenv(preflight.DTYPE_ENV, "bfloat16")
+    plan = preflight.preflight("google/gemma-2b")
+    assert plan.dtype == "bfloat16" and not plan.fallback
+    assert "MECHLAB_DTYPE=bfloat16" in capsys.readouterr().out
+    monkeypatch.setenv(preflight.DTYPE_ENV, "float16")
+    with pytest.raises(ValueError, match="expected one of"):
+        preflight.preflight("google/gemma-2b")
+
+
+def test_no_token_on_a_t4_falls_back_and_never_raises(hub, monkeypatch, capsys):
+    """Notebook 06's Gemma cell in Colab on a GPU runtime without a token: the reason is printed, nothing raises."""
+    monkeypatch.setattr(preflight, "gpu_info", lambda: T4)
+    plan = preflight.preflight("google/gemma-2b")
+    assert plan.fallback and plan.model == OFFLINE
+    assert "no Hugging Face token found" in capsys.readouterr().out

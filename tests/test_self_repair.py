@@ -402,6 +402,28 @@ def test_slope_reliability_names_each_failed_test():
         slope_reliability(result, top_percent=100, min_effect=0.5, level=1.5)
 
 
+def test_slope_reliability_marks_a_head_whose_top_tokens_tie_instead_of_raising():
+    # L0H1's largest direct effects all sit at position 0, identical in every prompt (as the same BOS token makes
+    # them on any model): its top 10 % are one x value, so no line can be fitted through them
+    gen = torch.Generator().manual_seed(3)
+    labels = ["L0H0", "L0H1"]
+    x = 1.0 + torch.rand(2, 4, 10, generator=gen)
+    x[1, :, 0] = 5.0
+    heads = 0.5 * x + 0.01 * torch.randn(2, 4, 10, generator=gen)
+    zero = torch.zeros(2, 4, 10)
+    parts = {p: Labelled(zero.clone(), labels, axes=("ablated", "batch", "pos")) for p in PARTS}
+    parts["heads"] = Labelled(heads, labels, axes=("ablated", "batch", "pos"))
+    clean = Labelled(torch.cat([x, torch.zeros(1, 4, 10)]), labels + ["L1 mlp"], axes=("component", "batch", "pos"))
+    result = SelfRepair(**parts, clean=clean, groups=[[lab] for lab in labels])
+    with pytest.raises(ValueError, match="distinct point"):
+        backup_fit(result, "L0H1", top_percent=10)
+    rel = slope_reliability(result, top_percent=10, min_effect=0.5, n_boot=100)
+    assert rel.reasons["L0H1"] == ["no line: its 4 top-token points have 1 distinct direct effect(s)"]
+    assert float(rel.effect[1]) == 5.0 and bool(rel.slope[1].isnan())
+    assert "L0H1" not in rel.reliable and "no line" in rel.line("L0H1")
+    assert not bool(rel.slope[0].isnan())
+
+
 def test_backup_fit_equals_backup_slopes_and_numpy():
     result = _synthetic_sweep()
     slopes = backup_slopes(result, top_percent=25)

@@ -11,6 +11,11 @@ Names ``load_model`` understands:
     ``random-gpt2-small``              GPT-2 small's shape, random weights (speed and shape checks)
     ``random-gemma-2b``                Gemma-2b's shape (RMSNorm, rotary, multi-query), random weights
 
+A hub name found in the local Hugging Face cache loads offline. A cached folder whose ``config.json`` carries
+``"mechlab_standin": true`` (built by ``python -m mechlab.models.standins build``: random weights under the names
+``gpt2`` and ``google/gemma-2b``, for CI's GPT-2 / Gemma code-path mode) loads with ``ModelInfo.standin=True`` and
+is printed as a STAND-IN, never as the real model.
+
 Random-init models use the organism's tokenizer when it is shipped, else a byte-level tokenizer; their
 vocabulary size is the real architecture's, so token ids from the small tokenizer are all valid.
 
@@ -24,6 +29,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import tempfile
@@ -50,6 +56,8 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]
 ORGANISM_CHECKPOINT = PACKAGE_DIR / "models" / "organism" / "checkpoint"
 HUB_HOST = "huggingface.co"
 GATED_PREFIXES = ("google/gemma", "meta-llama/", "mistralai/")
+# a key in a model's config.json marking random weights served under a real name (mechlab.models.standins)
+STANDIN_KEY = "mechlab_standin"
 
 
 class ModelUnavailableError(RuntimeError):
@@ -147,7 +155,8 @@ def _random_hf_config(arch: str, vocab_size: int, bos: int, eos: int):
     raise ValueError(f"unknown random architecture {arch!r}; expected one of {RANDOM_ARCHS}.")
 
 
-def _cache_dir() -> Path:
+def cache_dir() -> Path:
+    """The mechlab cache folder: ``$MECHLAB_CACHE``, else ``~/.cache/mechlab`` (a temp folder if unwritable)."""
     root = os.environ.get("MECHLAB_CACHE") or os.path.join(Path.home(), ".cache", "mechlab")
     path = Path(root)
     try:
@@ -164,7 +173,7 @@ def fallback_tokenizer_dir() -> Path:
     Used by random-init models when the organism's tokenizer is not shipped. A tokenizer built in memory
     cannot boot a ``TransformerBridge`` (it lacks ``name_or_path``), so it is saved and reloaded.
     """
-    out = _cache_dir() / "byte-tokenizer"
+    out = cache_dir() / "byte-tokenizer"
     if (out / "tokenizer.json").is_file():
         return out
 
@@ -176,7 +185,7 @@ def fallback_tokenizer_dir() -> Path:
     tok.train_from_iterator(["a"], trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
                                    unk_token="<|endoftext|>", pad_token="<|endoftext|>")
-    tmp = Path(tempfile.mkdtemp(dir=_cache_dir()))
+    tmp = Path(tempfile.mkdtemp(dir=cache_dir()))
     fast.save_pretrained(tmp)
     if not out.exists():  # another process may have won the race; its copy is identical
         tmp.replace(out)
@@ -243,12 +252,31 @@ def _unavailable_message(name: str) -> str:
     )
 
 
+def standin_marked(name: str) -> bool:
+    """True when the config.json that ``name`` (a local folder or a cached hub id) loads from carries
+    ``"mechlab_standin": true``: random weights under a real name, built by ``mechlab.models.standins``."""
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        path = folder / "config.json"
+    else:
+        try:
+            found = try_to_load_from_cache(name, "config.json")
+        except HFValidationError:
+            return False
+        if not isinstance(found, str):
+            return False
+        path = Path(found)
+    if not path.is_file():
+        return False
+    return bool(json.loads(path.read_text()).get(STANDIN_KEY, False))
+
+
 # ---------------------------------------------------------------------------------------------------------
 # loading
 
 
 @contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
+def quiet_transformers() -> Iterator[None]:
     """Silence transformers' progress bars and info logs for the duration of a load (restored after)."""
 
     verbosity = hf_logging.get_verbosity()
@@ -311,7 +339,7 @@ def load_model(
     torch_dtype = _parse_dtype(dtype)
     load_dev = "cpu" if dev == "mps" else dev
 
-    with _quiet_transformers():
+    with quiet_transformers():
         if name in RANDOM_ARCHS:
             source = "random init"
             model = _boot_random(name, seed=seed, device=load_dev, dtype=torch_dtype)
@@ -347,8 +375,11 @@ def load_model(
     if fold_weights:
         model.enable_compatibility_mode()
         weights = "LayerNorm folded into weights, writing weights and unembedding centred"
+    standin = source in {"hub", "local folder"} and standin_marked(name)
+    if standin:
+        source += ", mechlab stand-in"
     info = ModelInfo(name=name, requested=requested, source=source, device=dev,
-                     dtype=str(torch_dtype).replace("torch.", ""), weights=weights)
+                     dtype=str(torch_dtype).replace("torch.", ""), weights=weights, standin=standin)
     model.mechlab_info = info
     if verbose:
         c = model.cfg
@@ -385,7 +416,7 @@ def _boot_random(arch: str, *, seed: int, device: str, dtype: torch.dtype):
     eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else bos
     config = _random_hf_config(arch, len(tokenizer), bos, eos)
     # the bridge reads the config from a folder; weights never touch the disk
-    cfg_dir = _cache_dir() / f"config-{arch}-v{len(tokenizer)}"
+    cfg_dir = cache_dir() / f"config-{arch}-v{len(tokenizer)}"
     cfg_dir.mkdir(parents=True, exist_ok=True)
     config.save_pretrained(cfg_dir)
     tokenizer.save_pretrained(cfg_dir)

@@ -14,11 +14,14 @@ Example::
 
 from __future__ import annotations
 
+import json
+import math
 import os
+import struct
 from dataclasses import dataclass
 
 import torch
-from huggingface_hub import auth_check
+from huggingface_hub import auth_check, try_to_load_from_cache
 from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
 from mechlab.core import loading
@@ -32,6 +35,7 @@ BYTES_PER_PARAM = {"float32": 4, "bfloat16": 2}
 # the seed's fp32 loop peaked at ~25 GiB for Gemma-2b, whose fp32 weights are ~9.4 GiB)
 HEADROOM = {"float32": 2.5, "bfloat16": 1.5}
 TOKEN_URL = "https://huggingface.co/settings/tokens"
+DTYPE_ENV = "MECHLAB_DTYPE"  # forces the planned dtype (CI runs the Gemma stand-in in both float32 and bfloat16)
 GIB = 2**30
 
 
@@ -93,6 +97,17 @@ def check_access(name: str, token: str) -> tuple[bool, str]:
     return True, f"the hub grants this token access to {name} (licence accepted)"
 
 
+def standin_params(name: str) -> float:
+    """Parameters of a cached stand-in of ``name``, counted from its safetensors header (no weights loaded)."""
+    path = try_to_load_from_cache(name, "model.safetensors")
+    if not isinstance(path, str):
+        raise ValueError(f"{name!r} is marked as a stand-in but its cache holds no model.safetensors; rebuild it with "
+                         "`python -m mechlab.models.standins build`.")
+    with open(path, "rb") as f:
+        header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+    return float(sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__"))
+
+
 @dataclass(frozen=True)
 class Plan:
     """What to load, and why."""
@@ -134,6 +149,9 @@ def preflight(name: str = GEMMA, *, n_params: float | None = None, token: str | 
     if not isinstance(name, str) or not name:
         raise ValueError(f"name={name!r}: expected a hub name such as {GEMMA!r}.")
     n_params = n_params if n_params is not None else KNOWN_PARAMS.get(name)
+    standin = loading.standin_marked(name)
+    if standin:  # random weights under the real name, much smaller than the real model: its own size counts
+        n_params = standin_params(name)
     if n_params is None or n_params <= 0:
         raise ValueError(f"the size of {name!r} is not known (known: {sorted(KNOWN_PARAMS)}); pass n_params, its "
                          "parameter count, e.g. n_params=2.5e9.")
@@ -143,7 +161,10 @@ def preflight(name: str = GEMMA, *, n_params: float | None = None, token: str | 
     # 1. can the weights be had?
     token = token or loading.hf_token()
     gated = name.startswith(loading.GATED_PREFIXES)
-    if loading._in_local_hf_cache(name):
+    if standin:
+        reasons.append(f"{name} in the local cache is a mechlab stand-in (random weights, {n_params / 1e6:.0f}M "
+                       "parameters): the code path runs, learned behaviour is absent")
+    elif loading._in_local_hf_cache(name):
         reasons.append(f"{name} is in the local Hugging Face cache: no download needed")
     elif not loading.hub_reachable():
         usable = False
@@ -174,6 +195,15 @@ def preflight(name: str = GEMMA, *, n_params: float | None = None, token: str | 
                        "in Colab pick a GPU runtime (Runtime > Change runtime type > T4 GPU)")
     else:
         reasons.append(f"no CUDA GPU: {name} is small enough ({n_params / 1e6:.0f}M parameters) for the CPU")
+
+    forced = os.environ.get(DTYPE_ENV, "")
+    if forced:
+        if forced not in BYTES_PER_PARAM:
+            raise ValueError(f"{DTYPE_ENV}={forced!r}; expected one of {sorted(BYTES_PER_PARAM)} (or unset, to let "
+                             "preflight advise).")
+        if usable and forced != dtype:
+            reasons.append(f"{DTYPE_ENV}={forced}: {forced} instead of the advised {dtype}")
+            dtype = forced
 
     if usable:
         plan = Plan(requested=name, model=name, device=device, dtype=dtype, fallback=False, reasons=tuple(reasons))

@@ -10,16 +10,20 @@ Colab already has, so they are never reinstalled or downgraded. Anywhere else it
 
 from __future__ import annotations
 
-# The one repository setting: the badge and the Colab install both derive from it.
+# The one repository setting: the badge and the Colab install both derive from it. Whoever publishes the course
+# changes these two lines (or INSTALL_TARGET, to install a PyPI release instead, e.g. "mechlab==0.1.0"), then runs
+# `python -m mechlab.course.exercises solutions exercises` to restamp every notebook's setup cell and badge.
 REPOSITORY = "mechlab-course/mechlab"
 BRANCH = "main"
+INSTALL_TARGET = f"mechlab @ git+https://github.com/{REPOSITORY}@{BRANCH}"  # what the setup cell pip-installs
 
 SETUP_MARKER = "# mechlab: setup"
 BADGE_PREFIX = "[![Open In Colab]"
 
 
 def install_target() -> str:
-    return f"mechlab @ git+https://github.com/{REPOSITORY}@{BRANCH}"
+    """The requirement the Colab setup cell installs (``INSTALL_TARGET``)."""
+    return INSTALL_TARGET
 
 
 def setup_cell_source() -> str:

@@ -9,6 +9,11 @@ The table says, per notebook: the model it ran on (read from the line ``mechlab:
 ``load_model`` prints, or ``mechlab: model NAME`` for notebooks that build their own), seconds, ok/failed.
 The exit code is non-zero when any notebook failed.
 
+CI's stand-in modes (``make test-gpt2``) run the GPT-2 / Gemma branches on random-weight stand-ins
+(:mod:`mechlab.models.standins`): ``--expect-model gpt2`` fails a notebook that did not load that model, and the
+learned-behaviour asserts the stand-in skipped (``skipped on a stand-in model: NAME``) are listed per notebook.
+``--no-html`` skips the HTML export.
+
 Committed outputs (``--inplace``) are kept small: outputs over ``--max-output-kb`` (default 200 kB, e.g. an
 inlined JavaScript bundle) are replaced by a one-line note, and per-cell execution timestamps are dropped.
 """
@@ -31,6 +36,8 @@ from nbclient.exceptions import CellExecutionError
 from nbconvert import HTMLExporter
 
 MODEL_LINE = re.compile(r"mechlab: (?:loaded|model) (\S+)")
+# printed by mechlab.checks.core.expect_learned when a stand-in model skips a learned-behaviour assert
+SKIP_LINE = re.compile(r"skipped on a stand-in model: (.+)")
 
 
 @dataclass
@@ -40,6 +47,7 @@ class RunResult:
     seconds: float
     ok: bool
     error: str = ""
+    skipped: tuple[str, ...] = ()  # learned-behaviour asserts skipped on a stand-in, by name
 
 
 def collect(paths: list[Path]) -> list[Path]:
@@ -55,15 +63,33 @@ def collect(paths: list[Path]) -> list[Path]:
     return found
 
 
-def models_used(nb) -> str:
-    names: list[str] = []
+def _stream_texts(nb) -> list[str]:
+    texts = []
     for cell in nb.cells:
         for out in cell.get("outputs", []):
-            text = out.get("text", "") if out.get("output_type") == "stream" else ""
-            for name in MODEL_LINE.findall(text if isinstance(text, str) else "".join(text)):
-                if name not in names:
-                    names.append(name)
+            if out.get("output_type") == "stream":
+                text = out.get("text", "")
+                texts.append(text if isinstance(text, str) else "".join(text))
+    return texts
+
+
+def models_used(nb) -> str:
+    names: list[str] = []
+    for text in _stream_texts(nb):
+        for name in MODEL_LINE.findall(text):
+            if name not in names:
+                names.append(name)
     return ", ".join(names) if names else "-"
+
+
+def skipped_on_standin(nb) -> tuple[str, ...]:
+    """The names of the learned-behaviour asserts a stand-in model skipped, in order, each once."""
+    names: list[str] = []
+    for text in _stream_texts(nb):
+        for name in SKIP_LINE.findall(text):
+            if name.strip() not in names:
+                names.append(name.strip())
+    return tuple(names)
 
 
 def shrink_outputs(nb, max_kb: int) -> int:
@@ -83,7 +109,9 @@ def shrink_outputs(nb, max_kb: int) -> int:
     return replaced
 
 
-def run_one(path: Path, *, timeout: int, kernel: str) -> tuple[RunResult, object]:
+def run_one(path: Path, *, timeout: int, kernel: str, expect_model: str | None = None) -> tuple[RunResult, object]:
+    """Execute one notebook; not ok on a cell error, a timeout, or (with ``expect_model``) when the notebook did not
+    load that model (e.g. it fell back to the organism)."""
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=timeout, kernel_name=kernel, resources={"metadata": {"path": str(path.parent)}})
     start = time.perf_counter()
@@ -95,7 +123,10 @@ def run_one(path: Path, *, timeout: int, kernel: str) -> tuple[RunResult, object
     except TimeoutError as err:
         error = f"timeout: {err}"
     seconds = time.perf_counter() - start
-    return RunResult(path, models_used(nb), seconds, ok=not error, error=error), nb
+    used = models_used(nb)
+    if not error and expect_model is not None and expect_model not in used.split(", "):
+        error = f"expected the notebook to load {expect_model!r}, but it loaded {used}"
+    return RunResult(path, used, seconds, ok=not error, error=error, skipped=skipped_on_standin(nb)), nb
 
 
 def with_plotly_html(nb):
@@ -126,10 +157,10 @@ def write_html(nb, target: Path) -> None:
 
 
 def table(results: list[RunResult]) -> str:
-    rows = [("notebook", "model", "seconds", "status")]
+    rows = [("notebook", "model", "seconds", "status", "skipped on stand-in")]
     for r in results:
-        rows.append((str(r.path), r.model, f"{r.seconds:.1f}", "ok" if r.ok else "FAILED"))
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+        rows.append((str(r.path), r.model, f"{r.seconds:.1f}", "ok" if r.ok else "FAILED", str(len(r.skipped))))
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
     lines = [" | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
     lines.insert(1, "-+-".join("-" * w for w in widths))
     return "\n".join(lines)
@@ -143,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=int, default=900, help="seconds per cell")
     parser.add_argument("--kernel", default="python3")
     parser.add_argument("--max-output-kb", type=int, default=200)
+    parser.add_argument("--no-html", action="store_true", help="write executed copies only (faster; CI modes)")
+    parser.add_argument("--expect-model", default=None,
+                        help="fail a notebook that did not load this model (stand-in modes: gpt2, google/gemma-2b)")
     args = parser.parse_args(argv)
 
     notebooks = collect(args.paths)
@@ -152,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for i, path in enumerate(notebooks, start=1):
         print(f"[{i}/{len(notebooks)}] running {path} ...", flush=True)
-        result, nb = run_one(path, timeout=args.timeout, kernel=args.kernel)
+        result, nb = run_one(path, timeout=args.timeout, kernel=args.kernel, expect_model=args.expect_model)
         results.append(result)
         if args.inplace:
             if result.ok:
@@ -162,9 +196,12 @@ def main(argv: list[str] | None = None) -> int:
             target = args.out / path.parent.name / path.name
             target.parent.mkdir(parents=True, exist_ok=True)
             nbformat.write(nb, target)
-            write_html(nb, target.with_suffix(".html"))
+            if not args.no_html:
+                write_html(nb, target.with_suffix(".html"))
         status = "ok" if result.ok else f"FAILED: {result.error}"
         print(f"    {status} in {result.seconds:.1f} s on {result.model}", flush=True)
+        for name in result.skipped:
+            print(f"    skipped on a stand-in model: {name}", flush=True)
     print()
     print(table(results))
     failed = [r for r in results if not r.ok]

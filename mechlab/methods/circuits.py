@@ -41,13 +41,13 @@ from transformer_lens import FactoredMatrix
 
 from mechlab.core.activations import parse_head
 from mechlab.core.results import Labelled
+from mechlab.methods.heads import GPT2_KNOWN_HEADS
 
 COMPOSITION_KINDS = ("Q", "K", "V")
-# GPT-2 small's induction and previous-token heads as the TransformerLens main demo ("Exploratory Analysis Demo")
-# and ARENA 1.2 list them from induction scores on repeated random tokens. Olsson et al. 2022 ("In-context
-# Learning and Induction Heads") define induction heads but do not list GPT-2 small's. Note: this differs from
-# mechlab.methods.heads.GPT2_KNOWN_HEADS, which follows the IOI paper's head classes (Wang et al. 2022).
-GPT2_INDUCTION_CIRCUIT = {"induction": ["L5H1", "L5H5", "L6H9", "L7H2", "L7H10"], "previous_token": ["L4H11"]}
+# GPT-2 small's induction circuit as unit 03b reads it from the weights: the heads of mechlab.methods.heads'
+# GPT2_KNOWN_HEADS (one source of truth, with its citations there), strongest previous-token head first.
+GPT2_INDUCTION_CIRCUIT = {"induction": list(GPT2_KNOWN_HEADS["induction"]),
+                          "previous_token": list(GPT2_KNOWN_HEADS["previous_token"])}
 CITATIONS = {
     "circuits": "Elhage et al. 2021, A Mathematical Framework for Transformer Circuits (OV/QK circuits, "
                 "composition scores, the eigenvalue copying score)",

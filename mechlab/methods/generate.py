@@ -8,6 +8,12 @@ for learned positions (GPT-2) or rotary ones (Gemma): a prompt gets the same tok
 
 The forward passes go through the bridge, so hooks added with ``with model.hooks(...)`` act on every step.
 
+transformers 5.24 renamed the key/value cache that each attention layer receives from ``past_key_values`` to
+``cache``; TransformerLens 4.3's bridge attention reads only the old names, so under 5.24 the cache stayed empty
+and every cached step attended to its own token alone (greedy output then repeats one token). While
+``generate`` runs, a forward pre-hook on each bridge attention module hands it the cache under the name it reads
+(``_cache_under_old_name``); nothing is changed on transformers < 5.24, and the hooks are removed afterwards.
+
 Example::
 
     from mechlab.core.loading import load_model
@@ -20,8 +26,10 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -78,6 +86,35 @@ def _decode_continuation(tokenizer, last_prompt_id: int, new_ids: list[int]) -> 
 def _accepts(model, argument: str) -> bool:
     """Whether the wrapped HF model's forward takes ``argument``."""
     return argument in inspect.signature(model.original_model.forward).parameters
+
+
+def _pass_cache_as_past_key_values(module, args, kwargs):
+    """Forward pre-hook: copy ``cache`` (transformers >= 5.24) to ``past_key_values``, the name the bridge reads."""
+    if kwargs.get("cache") is not None and kwargs.get("past_key_values") is None:
+        return args, {**kwargs, "past_key_values": kwargs["cache"]}
+    return None
+
+
+@contextlib.contextmanager
+def _cache_under_old_name(model) -> Iterator[None]:
+    """While generating: each bridge attention module gets the KV cache as ``past_key_values`` again.
+
+    Only when the wrapped HF model takes ``cache`` (transformers >= 5.24). Our calls still pass
+    ``past_key_values`` at the top (the bridge's own argument; transformers renames it with a FutureWarning,
+    which is silenced here only).
+    """
+    if not _accepts(model, "cache"):
+        yield
+        return
+    handles = [block.attn.register_forward_pre_hook(_pass_cache_as_past_key_values, with_kwargs=True)
+               for block in model.blocks]
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="`past_key_values` is deprecated", category=FutureWarning)
+            yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def _check_args(model, prompts, max_new_tokens: int, stop, batch_size: int) -> tuple[list[str], list[str]]:
@@ -210,7 +247,8 @@ def generate(
     chunks = [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
     show = progress if progress is not None else len(chunks) > 1
     results: dict[int, tuple] = {}
-    with tqdm(total=len(prompts), desc="generating", unit="prompt", disable=not show) as bar:
+    with _cache_under_old_name(model), tqdm(total=len(prompts), desc="generating", unit="prompt",
+                                            disable=not show) as bar:
         for chunk in chunks:
             out = _generate_chunk(model, [ids[i] for i in chunk], max_new_tokens=max_new_tokens, stop=stop,
                                   include_stop=include_stop, eos_id=eos_id, pad_id=pad_id)

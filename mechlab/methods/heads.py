@@ -37,11 +37,26 @@ from mechlab.models.organism import HEADS_FILE
 
 HEAD_TYPES = ("previous_token", "duplicate_token", "induction")
 
-# Heads named in the IOI paper (Wang et al. 2022, "Interpretability in the Wild") for GPT-2 small.
+# GPT-2 small's heads of each type: the one source of truth (mechlab.methods.circuits.GPT2_INDUCTION_CIRCUIT reads
+# it), strongest first. Two published lists of "induction heads" exist and measure different things:
+#   - by induction score on repeated random tokens (Olsson et al. 2022's definition of an induction head; the ranking
+#     the TransformerLens main demo and ARENA 1.2 show for GPT-2 small): L5H1, L5H5, L6H9, L7H2, L7H10. This is what
+#     unit 02's head_scores measures, so it is the list notebooks compare against;
+#   - the induction class of the IOI circuit (Wang et al. 2022, "Interpretability in the Wild", their circuit's head
+#     classes as released with the paper's code): L5H5, L5H8, L5H9, L6H9, found by path patching on IOI prompts.
+#     Kept apart as GPT2_IOI_INDUCTION_HEADS; L5H5 and L6H9 are in both.
+# Previous-token (L4H11, L2H2) and duplicate-token (L0H1, L0H10, L3H0) heads: Wang et al. 2022's classes.
 GPT2_KNOWN_HEADS = {
-    "previous_token": ["L2H2", "L4H11"],
+    "previous_token": ["L4H11", "L2H2"],
     "duplicate_token": ["L0H1", "L0H10", "L3H0"],
-    "induction": ["L5H5", "L5H8", "L5H9", "L6H9"],
+    "induction": ["L5H1", "L5H5", "L6H9", "L7H2", "L7H10"],
+}
+GPT2_IOI_INDUCTION_HEADS = ["L5H5", "L5H8", "L5H9", "L6H9"]
+GPT2_HEAD_SOURCES = {
+    "previous_token": "Wang et al. 2022, Interpretability in the Wild (IOI circuit head classes)",
+    "duplicate_token": "Wang et al. 2022, Interpretability in the Wild (IOI circuit head classes)",
+    "induction": "induction score on repeated random tokens (Olsson et al. 2022's definition), as ranked in the "
+                 "TransformerLens main demo",
 }
 ORGANISM_HEADS_FILE = HEADS_FILE
 
@@ -247,7 +262,8 @@ def head_scores(
 
 
 def known_heads(model_name: str) -> dict[str, list[str]] | None:
-    """Heads of each type reported for ``model_name``: the IOI paper for ``gpt2``, the organism's own
+    """Heads of each type reported for ``model_name``: ``GPT2_KNOWN_HEADS`` for ``gpt2`` (sources in
+    ``GPT2_HEAD_SOURCES``), the organism's own
     ``mechlab/models/organism/heads.json`` (written with its model card) for ``organism``; None when nothing is
     known."""
     if model_name in ("gpt2", "gpt2-small"):
@@ -276,7 +292,8 @@ def compare_heads(detected: dict[str, list[str]], known: dict[str, list[str]]) -
     return out
 
 
-__all__ = ["GPT2_KNOWN_HEADS", "HEAD_TYPES", "HeadScores", "attention_patterns", "compare_heads",
+__all__ = ["GPT2_HEAD_SOURCES", "GPT2_IOI_INDUCTION_HEADS", "GPT2_KNOWN_HEADS", "HEAD_TYPES",
+           "HeadScores", "attention_patterns", "compare_heads",
            "duplicate_token_mask", "duplicate_token_score", "head_scores", "induction_mask", "induction_score",
            "known_heads", "masked_score", "previous_token_mask", "previous_token_score", "repeated_random_tokens",
            "scores_from_patterns", "special_token_ids"]

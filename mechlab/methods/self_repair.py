@@ -721,14 +721,25 @@ def slope_reliability(result: SelfRepair, *, top_percent: float, min_effect: flo
     - **sign settled**: the ``level`` bootstrap interval of the slope (``n_boot`` resamples of the fitted points,
       generator seeded with ``seed``) excludes 0;
     - **intercept-free**: the fit through the origin has the same sign (else the line fits an offset, not a trend).
+
+    A group whose fitted points all share one x (no line can be fitted) gets NaN slopes and the reason ``no line``.
     """
     if not 0 < level < 1 or n_boot < 10 or min_effect < 0 or max_abs <= 0:
         raise ValueError(f"level={level}, n_boot={n_boot}, min_effect={min_effect}, max_abs={max_abs}; expected "
                          "0 < level < 1, n_boot >= 10, min_effect >= 0 and max_abs > 0.")
     gen = torch.Generator().manual_seed(seed)
     rows, reasons = [], {}
+    nan = float("nan")
     for label in result.labels:
-        fit = backup_fit(result, label, which=which, top_percent=top_percent)
+        try:
+            fit = backup_fit(result, label, which=which, top_percent=top_percent)
+        except ValueError:  # its top tokens tie (e.g. all at position 0, the same BOS in every prompt): no line
+            x_all = result.clean_direct_effect().values[result.labels.index(label)].flatten()
+            top = x_all[select_points(x_all, top_percent=top_percent)]
+            reasons[label] = [f"no line: its {top.numel()} top-token points have {int(top.unique().numel())} distinct "
+                              "direct effect(s)"]
+            rows.append((float(top.mean()) if top.numel() else nan, nan, nan, nan, nan))
+            continue
         origin = backup_fit(result, label, which=which, top_percent=top_percent, intercept=False).slope
         x, y = fit.x[fit.kept].double().cpu(), fit.y[fit.kept].double().cpu()
         idx = torch.randint(x.numel(), (n_boot, x.numel()), generator=gen)
