@@ -281,7 +281,7 @@ def test_a_token_given_to_load_model_does_not_stay_in_the_environment(monkeypatc
         return gpt2_like
 
     monkeypatch.setattr(loading.TransformerBridge, "boot_transformers", staticmethod(fake_boot))
-    monkeypatch.setattr(loading, "_in_local_hf_cache", lambda name: True)
+    monkeypatch.setattr(loading, "in_local_hf_cache", lambda name: True)
     monkeypatch.setattr(loading, "hub_reachable", lambda *a, **k: pytest.fail("the cache was said to hold it"))
     info = gpt2_like.mechlab_info
     try:

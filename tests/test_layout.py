@@ -69,6 +69,27 @@ def test_no_underscored_names_from_other_modules(path):
         assert not private, f"{path.relative_to(PACKAGE)}:{node.lineno} imports {private}"
 
 
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_underscored_attributes_of_other_modules(path):
+    """``from mechlab.core import loading`` then ``loading._helper(...)`` reaches into another module too."""
+    tree = _tree(path)
+    modules = set()  # local names bound to a mechlab module
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("mechlab"):
+            for alias in node.names:
+                if (PACKAGE.parent / node.module.replace(".", "/") / f"{alias.name}.py").exists() or \
+                        (PACKAGE.parent / node.module.replace(".", "/") / alias.name / "__init__.py").exists():
+                    modules.add(alias.asname or alias.name)
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("mechlab") and alias.asname:
+                    modules.add(alias.asname)
+    reached = [f"{node.value.id}.{node.attr} (line {node.lineno})" for node in ast.walk(tree)
+               if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules
+               and node.attr.startswith("_") and not node.attr.startswith("__")]
+    assert not reached, f"{path.relative_to(PACKAGE)} uses another module's underscored names: {reached}"
+
+
 def test_no_public_name_defined_twice():
     """One name, one meaning: a public function, class or constant is defined in one module only."""
     where: dict[str, list[str]] = {}

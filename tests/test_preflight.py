@@ -35,7 +35,7 @@ def hub(monkeypatch):
 
     monkeypatch.setattr(preflight, "auth_check", fake_auth_check)
     monkeypatch.setattr(loading, "hub_reachable", lambda timeout=2.0: True)
-    monkeypatch.setattr(loading, "_in_local_hf_cache", lambda name: False)
+    monkeypatch.setattr(loading, "in_local_hf_cache", lambda name: False)
     for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(loading, "hf_token", lambda: None)
@@ -136,7 +136,7 @@ def test_no_gpu_falls_back_for_gemma_but_not_for_gpt2(hub):
 
 def test_offline_falls_back_and_says_why(monkeypatch, capsys):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the real probe answers False at once
-    monkeypatch.setattr(loading, "_in_local_hf_cache", lambda name: False)
+    monkeypatch.setattr(loading, "in_local_hf_cache", lambda name: False)
     monkeypatch.setattr(preflight, "gpu_info", lambda: A100)
     plan = preflight.preflight("google/gemma-2b", token="hf_x")
     assert plan.fallback and plan.model == OFFLINE
@@ -146,7 +146,7 @@ def test_offline_falls_back_and_says_why(monkeypatch, capsys):
 
 def test_a_local_copy_needs_no_hub(hub, monkeypatch):
     monkeypatch.setattr(loading, "hub_reachable", lambda timeout=2.0: False)
-    monkeypatch.setattr(loading, "_in_local_hf_cache", lambda name: True)
+    monkeypatch.setattr(loading, "in_local_hf_cache", lambda name: True)
     monkeypatch.setattr(preflight, "gpu_info", lambda: T4)
     plan = preflight.preflight("google/gemma-2b", verbose=False)
     assert not plan.fallback and plan.dtype == "bfloat16" and hub.calls == []
@@ -173,7 +173,7 @@ def standin_cache(hub, monkeypatch, tmp_path):
     path = tmp_path / "model.safetensors"
     save_file(tensors, str(path))
     monkeypatch.setattr(loading, "standin_marked", lambda name: name == "google/gemma-2b")
-    monkeypatch.setattr(loading, "_in_local_hf_cache", lambda name: name == "google/gemma-2b")
+    monkeypatch.setattr(loading, "in_local_hf_cache", lambda name: name == "google/gemma-2b")
     monkeypatch.setattr(loading, "hub_reachable", lambda timeout=2.0: False)
     monkeypatch.setattr(preflight, "try_to_load_from_cache",
                         lambda name, filename: str(path) if filename == "model.safetensors" else None)

@@ -230,7 +230,8 @@ def looks_like_path(name: str) -> bool:
     return name.startswith((".", "~", "/", "\\")) or "\\" in name or name.count("/") > 1
 
 
-def _in_local_hf_cache(name: str) -> bool:
+def in_local_hf_cache(name: str) -> bool:
+    """Whether the hub model ``name`` has its config in the local Hugging Face cache (no network is asked)."""
     try:
         return isinstance(try_to_load_from_cache(name, "config.json"), str)
     except HFValidationError as err:
@@ -448,7 +449,7 @@ def _token_in_env(token: str | None) -> Iterator[None]:
 
 def _boot_hub(name: str, *, token: str | None, device: str, dtype: torch.dtype):
     token = token or hf_token()
-    cached = _in_local_hf_cache(name)
+    cached = in_local_hf_cache(name)
     if not cached and name.startswith(GATED_PREFIXES) and not token:
         raise ValueError(
             f"{name!r} is a gated model and no Hugging Face token was found (expected HF_TOKEN, a Colab secret "

@@ -164,7 +164,7 @@ def preflight(name: str = GEMMA, *, n_params: float | None = None, token: str | 
     if standin:
         reasons.append(f"{name} in the local cache is a mechlab stand-in (random weights, {n_params / 1e6:.0f}M "
                        "parameters): the code path runs, learned behaviour is absent")
-    elif loading._in_local_hf_cache(name):
+    elif loading.in_local_hf_cache(name):
         reasons.append(f"{name} is in the local Hugging Face cache: no download needed")
     elif not loading.hub_reachable():
         usable = False
