@@ -77,7 +77,10 @@ def test_the_twin_has_the_bridges_weights(pair):
         want = bridge(clean)
     with torch.no_grad(), lm.trace(clean):
         got = lm.output.logits.save()
-    assert torch.allclose(torch.as_tensor(got), want, atol=1e-5)
+    # fp32 rounding only: with weights scaled 6x the logits reach 4.05 and the two forwards differ by up to 1.2e-5
+    # (transformers 5.23) or 1.5e-5 (5.24); a wrong or unshared weight moves them by far more than 1e-5 x 4.
+    gap, top = float((torch.as_tensor(got) - want).abs().max()), float(want.abs().max())
+    assert gap <= 1e-5 * max(1.0, top), f"twin and bridge differ by {gap:.3g} (max |logit| {top:.3g})"
 
 
 def test_dla_agrees(pair):
