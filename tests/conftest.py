@@ -3,6 +3,9 @@
 - ``gpt2_like``: LayerNorm, learned positions (2 layers, 4 heads, d_model 64)
 - ``gemma_like``: RMSNorm, rotary, multi-query attention (2 layers, 4 query heads, 1 K/V head)
 - ``tiny_model``: parametrized over both
+- ``noisy_gpt2``, ``noisy_gemma``, ``noisy_model`` (both): fresh copies whose 1-d parameters (norm weights and
+  biases, linear biases) are random. Random init leaves them at 1 and 0, where a missing norm weight, norm bias,
+  ``b_O`` or ``1 +`` offset changes nothing; tests of folding, lenses and norm-reading references use these.
 
 Run the suite on another device with ``pytest --device cuda``.
 """
@@ -42,6 +45,42 @@ def gemma_like(device):
 
 @pytest.fixture(params=["gpt2_like", "gemma_like"])
 def tiny_model(request):
+    return request.getfixturevalue(request.param)
+
+
+def perturb_1d(model, seed: int = 7, size: float = 0.3):
+    """Add seeded noise to every 1-d parameter of ``model`` in place (the same noise for the same architecture and
+    seed, so two copies can be perturbed identically) and return it."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 1:
+                p.add_(size * torch.randn(p.shape, generator=gen).to(p.device, p.dtype))
+    return model
+
+
+@pytest.fixture(scope="session")
+def perturbed():
+    """``perturbed(model, seed=7)``: :func:`perturb_1d`, for tests that build their own copies."""
+    return perturb_1d
+
+
+@pytest.fixture(scope="session")
+def noisy_gpt2(device):
+    from mechlab.core.loading import load_model
+
+    return perturb_1d(load_model("tiny-gpt2", device=device, seed=5, verbose=False))
+
+
+@pytest.fixture(scope="session")
+def noisy_gemma(device):
+    from mechlab.core.loading import load_model
+
+    return perturb_1d(load_model("tiny-gemma", device=device, seed=5, verbose=False))
+
+
+@pytest.fixture(params=["noisy_gpt2", "noisy_gemma"])
+def noisy_model(request):
     return request.getfixturevalue(request.param)
 
 

@@ -93,10 +93,10 @@ def test_head_checker_rejects(wrong):
         unit04.check_head_dla(wrong)
 
 
-def test_the_reference_agrees_with_the_library_on_a_model(gpt2_like):
+def test_the_reference_agrees_with_the_library_on_a_model(noisy_gpt2):
     """The checker's reference is what mechlab.methods.dla computes for the last layer's heads on a real (tiny)
-    GPT-2."""
-    model = gpt2_like
+    GPT-2 whose norm weights and biases are random (weight 1 would hide a missing norm weight on either side)."""
+    model = noisy_gpt2
     tokens = torch.randint(1, model.cfg.d_vocab, (2, 7), generator=torch.Generator().manual_seed(0))
     correct, incorrect = torch.tensor([3, 4]), torch.tensor([5, 6])
     last = model.cfg.n_layers - 1

@@ -64,8 +64,9 @@ def test_layer_contributions_checker():
         unit04.check_layer_contributions(lambda o, d, w, scale: torch.einsum("cbm,bm->cb", o / scale * w, d))
 
 
-def test_references_agree_with_the_library(gpt2_like):
-    model = gpt2_like
+def test_references_agree_with_the_library(noisy_gpt2):
+    """On random norm weights and biases and b_O, so that a norm or bias dropped on either side shows."""
+    model = noisy_gpt2
     tokens = torch.randint(1, model.cfg.d_vocab, (2, 6), generator=torch.Generator().manual_seed(0))
     names = lens_cache_names(model)
     _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)

@@ -51,10 +51,11 @@ def test_direct_effect_checker_rejects(wrong):
         unit06.check_head_direct_effect(wrong)
 
 
-def test_direct_effect_reference_matches_mechlab_dla(tiny_model):
+def test_direct_effect_reference_matches_mechlab_dla(noisy_model):
+    """On random norm weights and biases: weight 1 would hide a norm weight dropped on either side."""
     from mechlab.methods.dla import cache_names, direct_effects, final_norm_params, unembed_directions
 
-    model = tiny_model
+    model = noisy_model
     tokens = torch.randint(0, 200, (2, 9))
     names = cache_names(model)
     with torch.no_grad():

@@ -19,11 +19,16 @@ def gpt2_weights(gpt2_like):
 
 
 @pytest.mark.parametrize("name,seed", [("tiny-gpt2", 1), ("tiny-gemma", 2)])
-def test_folding_equals_the_bridges_compatibility_mode(name, seed, request):
-    raw = request.getfixturevalue("gpt2_like" if name == "tiny-gpt2" else "gemma_like")
+def test_folding_equals_the_bridges_compatibility_mode(name, seed, perturbed):
+    """Both copies get the same random norm weights, norm biases and b_Q / b_K / b_O (random init leaves them at 1
+    and 0, where dropping a fold would change nothing), then one is folded by TransformerLens itself."""
+    raw = perturbed(load_model(name, seed=seed, verbose=False))
+    if name == "tiny-gpt2":
+        assert raw.b_Q.detach().abs().max() > 0.1 and (raw.ln_final.weight - 1).abs().max() > 0.1
     before = raw.W_Q.detach().clone()
     w = C.circuit_weights(raw)
-    folded = load_model(name, seed=seed, verbose=False, fold_weights=True)
+    folded = perturbed(load_model(name, seed=seed, verbose=False))
+    folded.enable_compatibility_mode()
     n_heads = raw.cfg.n_heads
     for n in ("W_Q", "W_K", "W_V", "W_O", "W_E", "W_U", "b_Q", "b_K"):
         if n.startswith("b_") and name == "tiny-gemma":  # bias-free: the bridge has none, mechlab uses zeros
@@ -38,9 +43,10 @@ def test_folding_equals_the_bridges_compatibility_mode(name, seed, request):
     assert torch.equal(raw.W_Q.detach(), before)  # circuit_weights never folds the model in place
 
 
-def test_folded_queries_equal_the_models_queries(tiny_model):
-    """q = norm(resid_pre) @ W_Q + b_Q in the run; the folded weights give it from centre(resid) / size alone."""
-    model = tiny_model
+def test_folded_queries_equal_the_models_queries(noisy_model):
+    """q = norm(resid_pre) @ W_Q + b_Q in the run; the folded weights give it from centre(resid) / size alone (on
+    random norm weights and biases, so the fold of each is tested)."""
+    model = noisy_model
     w = C.circuit_weights(model)
     tokens = torch.randint(1, model.cfg.d_vocab, (2, 6), generator=torch.Generator().manual_seed(3))
     names = {hook_name("resid_pre", 1), hook_name("q", 1)}
@@ -116,8 +122,8 @@ def test_eigen_copying_score_equals_the_materialised_eigenvalues(gpt2_weights):
         assert abs(float(got[label]) - float(eig.sum().real / eig.abs().sum())) < 1e-4, label
 
 
-def test_positional_pattern_equals_the_models_pattern_without_token_embeddings(gpt2_like):
-    model, w = gpt2_like, C.circuit_weights(gpt2_like)
+def test_positional_pattern_equals_the_models_pattern_without_token_embeddings(noisy_gpt2):
+    model, w = noisy_gpt2, C.circuit_weights(noisy_gpt2)
     n_pos = 9
     tokens = torch.randint(1, model.cfg.d_vocab, (1, n_pos), generator=torch.Generator().manual_seed(0))
     seen = {}

@@ -14,12 +14,12 @@ def _tokens(model, batch=3, n_pos=7, seed=0):
     return torch.randint(1, model.cfg.d_vocab, (batch, n_pos), generator=torch.Generator().manual_seed(seed))
 
 
-def test_last_row_is_the_models_own_logits(tiny_model):
-    tokens = _tokens(tiny_model)
-    lens = logit_lens(tiny_model, tokens)
-    logits = tiny_model(tokens)[:, -1].float()
+def test_last_row_is_the_models_own_logits(noisy_model):
+    tokens = _tokens(noisy_model)
+    lens = logit_lens(noisy_model, tokens)
+    logits = noisy_model(tokens)[:, -1].float()
     torch.testing.assert_close(lens["final resid"], logits, atol=1e-4, rtol=1e-4)
-    assert lens.labels[0] == "L0 resid_pre" and lens.values.shape[:2] == (tiny_model.cfg.n_layers + 1, 3)
+    assert lens.labels[0] == "L0 resid_pre" and lens.values.shape[:2] == (noisy_model.cfg.n_layers + 1, 3)
 
 
 def test_per_prompt_positions(gpt2_like):
@@ -30,8 +30,9 @@ def test_per_prompt_positions(gpt2_like):
     torch.testing.assert_close(lens["final resid"], logits[torch.arange(3), end], atol=1e-4, rtol=1e-4)
 
 
-def test_an_early_row_equals_torchs_layer_norm(gpt2_like):
-    model = gpt2_like
+def test_an_early_row_equals_torchs_layer_norm(noisy_gpt2):
+    model = noisy_gpt2
+    assert (model.ln_final.weight - 1).abs().max() > 0.1 and model.ln_final.bias.abs().max() > 0.1
     tokens = _tokens(model)
     _, cache = model.run_with_cache(tokens, names_filter=lambda n: n == hook_name("resid_pre", 1))
     resid = cache[hook_name("resid_pre", 1)][:, -1]
@@ -55,8 +56,8 @@ def test_answer_ranks_and_probabilities(gpt2_like):
     assert torch.equal(answer_ranks(lens, top).values[-1, :, 0], torch.zeros(3))
 
 
-def test_layer_decomposition_sums_to_the_logit_difference(tiny_model):
-    model = tiny_model
+def test_layer_decomposition_sums_to_the_logit_difference(noisy_model):
+    model = noisy_model
     tokens = _tokens(model)
     good, bad = torch.tensor([5, 6, 7]), torch.tensor([8, 9, 10])
     dec = layer_decomposition(model, tokens, good, bad)
@@ -66,9 +67,10 @@ def test_layer_decomposition_sums_to_the_logit_difference(tiny_model):
     torch.testing.assert_close(dec.meta["logit_diff"], actual.detach(), atol=1e-4, rtol=1e-4)
 
 
-def test_layer_rows_agree_with_per_head_dla(gpt2_like):
-    """attention row = its heads' DLA + b_O through the frozen scale; MLP rows equal DLA's MLP rows."""
-    model = gpt2_like
+def test_layer_rows_agree_with_per_head_dla(noisy_gpt2):
+    """attention row = its heads' DLA + b_O through the frozen scale; MLP rows equal DLA's MLP rows (b_O random)."""
+    model = noisy_gpt2
+    assert model.b_O.detach().abs().max() > 0.1
     tokens = _tokens(model)
     good, bad = torch.tensor([5, 6, 7]), torch.tensor([8, 9, 10])
     dec = layer_decomposition(model, tokens, good, bad)
