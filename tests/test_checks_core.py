@@ -146,12 +146,19 @@ def test_a_raw_torch_hook_left_behind_is_caught(gpt2_like):
     model = gpt2_like
     tokens = torch.tensor([[5, 6, 7]])
 
+    want = final_logits(model, tokens)
+    n_before = len(model.blocks[0].attn._forward_hooks)
+
     def registers(model, tokens):
-        model.blocks[0].attn.register_forward_hook(lambda mod, inp, out: out)
-        return final_logits(model, tokens)
+        out = final_logits(model, tokens)
+        model.blocks[0].attn.register_forward_hook(lambda mod, inp, out: tuple(o * 0 for o in out)
+                                                   if isinstance(out, tuple) else out * 0)
+        return out
 
     with pytest.raises(CheckFailed, match="you left a hook"):
         run_cases(registers, final_logits, [Case("one", (model, tokens))], name="logits")
+    assert len(model.blocks[0].attn._forward_hooks) == n_before  # removed, not merely reported
+    torch.testing.assert_close(final_logits(model, tokens), want)
     run_cases(final_logits, final_logits, [Case("one", (model, tokens))], name="logits")
 
 

@@ -136,8 +136,6 @@ def test_decomposition_sums_to_delta_logit(model, data):
     # the norm term is resolved, not lost in rounding: leaving it out breaks the sum
     without_norm = (parts - result.norm.values - result.delta_logit.values).abs().max()
     assert without_norm > 20 * err
-    # a head ablation moves no embedding or bias
-    assert result.fixed.values.abs().max() < 1e-6
     # self-repair is delta_logit minus the ablated heads' own change
     torch.testing.assert_close(result.self_repair.values, result.heads.values + result.mlps.values
                                + result.fixed.values + result.norm.values, atol=TOL_SUM, rtol=0)
