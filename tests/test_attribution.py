@@ -246,20 +246,20 @@ def test_hooks_do_not_survive(gpt2_like, prompts):
         lambda: input_integrated_gradients(gpt2_like, clean, corrupted, metric, kinds=["z", "mlp_out"], steps=2,
                                            freeze_final_scale=True, progress=False),
     ]
-    unembeds = []  # how many times each call runs the final norm: its last run is the method's own pass
+    final_norms = []  # how many times each call runs the final norm: its last run is the method's own pass
 
     def count(*args, **kwargs):
-        unembeds[-1] += 1
+        final_norms[-1] += 1
 
     handle = gpt2_like.original_model.transformer.ln_f.register_forward_pre_hook(count)
     try:
         for call in calls:
-            unembeds.append(0)
+            final_norms.append(0)
             call()
             assert _live_hooks(gpt2_like) == []
     finally:
         handle.remove()
-    assert all(n >= 2 for n in unembeds), unembeds  # a caching pass, then the method's own
+    assert all(n >= 2 for n in final_norms), final_norms  # a caching pass, then the method's own
 
     seen = []
     state = {"left": 0}
@@ -272,7 +272,7 @@ def test_hooks_do_not_survive(gpt2_like, prompts):
 
     handle = gpt2_like.original_model.transformer.ln_f.register_forward_pre_hook(boom)
     try:
-        for call, n in zip(calls, unembeds, strict=True):
+        for call, n in zip(calls, final_norms, strict=True):
             state["left"] = n
             with pytest.raises(RuntimeError, match="mid-forward"):
                 call()

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from mechlab.core.activations import FINAL_NORM_SCALE, hook_name
-from mechlab.core.loading import load_model
 from mechlab.methods.dla import (
     accumulated_resid_dla,
     cache_names,
@@ -18,17 +17,12 @@ from mechlab.methods.dla import (
 )
 
 
-@pytest.fixture(scope="module", params=["tiny-gpt2", "tiny-gemma"])
-def model(request, device):
-    """A fresh tiny model whose norm weights, norm biases and attention/MLP biases are random, not 1 and 0:
-    random init leaves them trivial, which would hide a missing weight, bias or ``1 +`` offset."""
-    m = load_model(request.param, device=device, seed=5, verbose=False)
-    gen = torch.Generator().manual_seed(7)
-    with torch.no_grad():
-        for p in m.parameters():
-            if p.ndim == 1:  # norm weights and biases, linear biases
-                p.add_(0.3 * torch.randn(p.shape, generator=gen).to(p.device))
-    return m
+@pytest.fixture
+def model(noisy_model):
+    """Both tiny families with random norm weights, norm biases and attention/MLP biases (conftest's
+    ``noisy_model``): random init leaves them at 1 and 0, which would hide a missing weight, bias or ``1 +``
+    offset."""
+    return noisy_model
 
 
 def _tokens(model):
