@@ -84,15 +84,32 @@ def test_to_logits_equals_hand_computation(tiny_model, freeze_mlps):
         torch.testing.assert_close(res.meta["per_prompt"][res.index(label)], want, atol=1e-5, rtol=0)
 
 
+@pytest.fixture(scope="module", params=["tiny-gpt2", "tiny-gemma"])
+def sharp_model(request):
+    """Matrices x4: at random init (std 0.02) attention is nearly uniform, and a sender's path into a receiver's
+    query or key moves the metric by ~4e-5, too close to the 1e-5 tolerance for the comparison to tell a slightly
+    wrong patch (the wrong K/V head, a missed position) from the right one."""
+    from mechlab.core.loading import load_model
+
+    model = load_model(request.param, seed=1 if request.param == "tiny-gpt2" else 2, verbose=False)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.ndim >= 2:
+                param.mul_(4.0)
+    return model
+
+
 @pytest.mark.parametrize("kinds", [("q",), ("k",), ("v",), ("k", "v")])
-def test_to_receiver_inputs_equals_hand_computation(tiny_model, kinds):
-    clean, corrupted, _, _, metric = _prompts(tiny_model, seed=1)
+def test_to_receiver_inputs_equals_hand_computation(sharp_model, kinds):
+    clean, corrupted, _, _, metric = _prompts(sharp_model, seed=1)
     receivers = ["L1H0", "L1H2"]
-    res = path_patching(tiny_model, clean, corrupted, metric, senders=["L0H1", "L0H2"], receivers=receivers,
+    res = path_patching(sharp_model, clean, corrupted, metric, senders=["L0H1", "L0H2"], receivers=receivers,
                         receiver_input=kinds, progress=False)
     for label, sender in (("L0H1", (0, 1)), ("L0H2", (0, 2))):
         with torch.no_grad():
-            want = _hand(tiny_model, clean, corrupted, metric, sender, [(1, 0), (1, 2)], kinds)
+            want = _hand(sharp_model, clean, corrupted, metric, sender, [(1, 0), (1, 2)], kinds)
+            effect = float((want - metric(sharp_model(clean))).abs().max())
+        assert effect > 100 * 1e-5, f"{kinds} {label}: the path moves the metric by only {effect:.1e}"
         torch.testing.assert_close(res.meta["per_prompt"][res.index(label)], want, atol=1e-5, rtol=0)
 
 

@@ -9,11 +9,12 @@ from mechlab.core.tokens import answer_token_ids, clean_corrupted_tokens, logit_
 def test_multi_token_answer_is_refused_with_its_pieces(gpt2_like):
     ids = answer_token_ids(gpt2_like, ["a", "b"])
     assert ids.shape == (2,)
-    word = "zqxj"
-    n = len(gpt2_like.to_str_tokens(word, prepend_bos=False))
-    if n > 1:
-        with pytest.raises(ValueError, match="single-token answer"):
-            answer_token_ids(gpt2_like, [word])
+    word = "zqxj"   # no merge covers it: the tiny tokenizer splits it into its letters
+    pieces = gpt2_like.to_str_tokens(word, prepend_bos=False)
+    assert len(pieces) > 1, f"{word!r} became one token {pieces}; pick a word this tokenizer splits"
+    with pytest.raises(ValueError, match="single-token answer") as err:
+        answer_token_ids(gpt2_like, [word])
+    assert f"is {len(pieces)} tokens {pieces}" in str(err.value), str(err.value)   # the pieces, shown
 
 
 def test_different_lengths_show_both_tokenizations(gpt2_like):
