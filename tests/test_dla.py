@@ -128,6 +128,25 @@ def test_accumulated_residual(model):
     if "gemma" in model.mechlab_info.name:  # no attention output bias: `bias` is exactly the final norm + b_U
         torch.testing.assert_close(acc["L0 resid_pre"], acc0 + dla["bias"], atol=1e-4, rtol=0)
         torch.testing.assert_close(acc["L1 resid_pre"], dla[before].sum() + dla["bias"], atol=1e-4, rtol=0)
+    # every step, both families: what layer l wrote (its heads and MLP from DLA, its attention output bias by hand,
+    # through the final LayerNorm with the run's scale frozen) is the step from entry l to entry l + 1
+    b_o = getattr(model, "b_O", None)
+    if b_o is not None and model.cfg.normalization_type == "LN":
+        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n == "ln_final.hook_scale")
+        scale = cache["ln_final.hook_scale"][:, -1].float()   # [batch, 1]
+        readout = (model.W_U[:, correct] - model.W_U[:, incorrect]).T.float()   # [batch, d_model]
+        centred = b_o.detach().float() - b_o.detach().float().mean(-1, keepdim=True)   # [layer, d_model]
+        b_o_read = ((centred[None] / scale[:, None] * model.ln_final.weight.float() * readout[:, None]).sum(-1)
+                    .mean(0).detach().cpu())   # [layer]
+    else:  # RMSNorm (Gemma): no attention output bias
+        assert b_o is None or not b_o.detach().abs().max(), "a Gemma-like model with an attention output bias"
+        b_o_read = torch.zeros(model.cfg.n_layers)
+    entries = acc.values
+    for layer in range(model.cfg.n_layers):
+        wrote = [x for x in dla.labels if x.startswith(f"L{layer}H") or x == f"L{layer} mlp"]
+        step = entries[layer + 1] - entries[layer]
+        torch.testing.assert_close(step, dla[wrote].sum() + b_o_read[layer], atol=1e-4, rtol=0)
+        assert abs(float(step)) > 2e-3, f"layer {layer} wrote only {float(step):.1e}: too small to test"
 
 
 def test_heads_grid(model):
