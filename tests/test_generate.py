@@ -200,9 +200,23 @@ def test_prompts_that_are_not_strings_are_refused(gpt2_like):
         generate(gpt2_like, ["ok", None])
 
 
-def test_generation_leaves_no_module_hooks_behind(gpt2_like):
+def test_generation_leaves_no_module_hooks_behind(gpt2_like, monkeypatch):
     """The pre-hooks that hand the KV cache to the bridge's attention (transformers >= 5.24) live only while
-    generating."""
+    generating: they fire during generation (where this transformers passes ``cache``) and are gone after."""
+    import mechlab.methods.generate as gen
+
+    fired = []
+    original = gen._pass_cache_as_past_key_values
+
+    def counting(module, args, kwargs):
+        fired.append(len(module._forward_pre_hooks))
+        return original(module, args, kwargs)
+
+    monkeypatch.setattr(gen, "_pass_cache_as_past_key_values", counting)
     before = [len(block.attn._forward_pre_hooks) for block in gpt2_like.blocks]
     generate(gpt2_like, PROMPTS[:2], max_new_tokens=3, stop_at_eos=False)
     assert [len(block.attn._forward_pre_hooks) for block in gpt2_like.blocks] == before
+    if gen._accepts(gpt2_like, "cache"):   # transformers >= 5.24: one call per block per forward pass
+        assert len(fired) >= 3 * len(gpt2_like.blocks) and all(n == before[0] + 1 for n in fired), fired
+    else:
+        assert fired == []
