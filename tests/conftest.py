@@ -20,6 +20,13 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+def pytest_configure(config):
+    # MKL's first-call race (mechlab.core.cpu_math): settle it before any test runs torch on several threads
+    from mechlab.core.cpu_math import warm_up_vector_math
+
+    warm_up_vector_math()
+
+
 def pytest_addoption(parser):
     parser.addoption("--device", default="cpu", help="device for model fixtures (cpu, cuda, mps)")
 

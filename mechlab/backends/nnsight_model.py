@@ -42,6 +42,7 @@ from urllib.parse import urlparse
 
 import torch
 
+from mechlab.core.cpu_math import warm_up_vector_math
 from mechlab.core.loading import ORGANISM_CHECKPOINT, looks_like_path, organism_available
 
 try:  # optional dependency: pip install mechlab[nnsight]
@@ -107,6 +108,7 @@ def organism_language_model(*, device: str = "cpu", dtype: torch.dtype = torch.f
     if not organism_available():
         raise ValueError(f"the organism checkpoint is not shipped in {ORGANISM_CHECKPOINT}; train it with "
                          "`python -m mechlab.models.organism.train`, or wrap another model with language_model().")
+    warm_up_vector_math()  # MKL's first-call race (mechlab.core.cpu_math), as load_model does
     hf = AutoModelForCausalLM.from_pretrained(str(ORGANISM_CHECKPOINT), attn_implementation="eager", dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(str(ORGANISM_CHECKPOINT))
     return language_model(hf.to(device), tokenizer)

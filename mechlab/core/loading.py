@@ -45,6 +45,8 @@ from transformer_lens.model_bridge import TransformerBridge
 from transformers import AutoModelForCausalLM, AutoTokenizer, GemmaConfig, GPT2Config, PreTrainedTokenizerFast
 from transformers.utils import logging as hf_logging
 
+from mechlab.core.cpu_math import warm_up_vector_math
+
 try:  # only inside Google Colab
     from google.colab import userdata  # type: ignore[import-not-found]
 except ImportError:
@@ -334,6 +336,7 @@ def load_model(
 
     if not isinstance(name, str) or not name:
         raise ValueError(f"name={name!r}: expected a model name such as 'gpt2', 'organism' or 'tiny-gpt2'.")
+    warm_up_vector_math()  # before any multi-threaded torch math: MKL's first-call race (see mechlab.core.cpu_math)
     requested = name
     name = resolve_model_name(name)
     dev = _check_device(device)

@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, GemmaConfig, GPT2Config, PretrainedConfig
 
+from mechlab.core.cpu_math import warm_up_vector_math
 from mechlab.core.gpt2_tokenizer import EOT_ID, gpt2_tokenizer
 from mechlab.core.loading import STANDIN_KEY, quiet_transformers
 
@@ -100,6 +101,7 @@ def build_standin(name: str, hub_cache: Path, *, force: bool = False) -> Path:
         return snap
     spec = next(s for s in STANDINS if s.name == name)
     config = standin_config(name)
+    warm_up_vector_math()  # MKL's first-call race (mechlab.core.cpu_math): the same weights on every build
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)
         model = AutoModelForCausalLM.from_config(config)

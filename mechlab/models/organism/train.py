@@ -31,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from mechlab.core.cpu_math import warm_up_vector_math
 from mechlab.data.corpus import Mix, pack_batch, text_documents
 from mechlab.models.organism.tokenizer import CHECKPOINT_DIR, train_tokenizer
 
@@ -113,6 +114,7 @@ def train(cfg: TrainConfig, out: Path | str = CHECKPOINT_DIR, *, device: str = "
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
+    warm_up_vector_math()  # MKL's first-call race would make a multi-threaded run's first steps irreproducible
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     tok = train_tokenizer(text_documents(cfg.tokenizer_docs, seed=cfg.seed, mix=cfg.mix),
