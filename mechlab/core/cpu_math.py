@@ -10,9 +10,10 @@ the torch 2.x wheels, ours included).
 What it did to this course: the first forward pass of a notebook computes every LayerNorm scale with ``sqrt`` (and
 GELU with ``tanh``). When that pass covers enough positions to be split across threads, the first thread's half of
 the batch could come out with scales 3e-4 off, and logits off by up to 1e-2, in that pass only. Unit 06 compares
-its first pass (the self-repair sweep) with a later one at 1e-3 and failed about one run in seven on a 2-core
-machine (measured: 10 of 60 fresh processes gave a different first ``sqrt`` on 5,000 values after one small
-matmul; 0 of 60 after this warm-up).
+its first pass (the self-repair sweep) with a later one at 1e-3: under nbval on a 2-core machine it failed 1 run of
+8 before this warm-up and 0 of 35 after. In ``tests/test_cpu_math.py``'s scenario (one small matmul, then a
+LayerNorm scale over 5,000 rows) the first and second ``sqrt`` differed in 21 of 60 fresh processes without the
+warm-up and in 0 of 60 with it.
 
 :func:`warm_up_vector_math` makes the first call of each of those functions on one thread (a one-element tensor
 never leaves the calling thread), so that the choice is made before any concurrent use. It costs microseconds, is
