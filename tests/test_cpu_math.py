@@ -11,10 +11,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 import torch
 
 import mechlab.core.loading as loading
-from mechlab.core.cpu_math import VML_DTYPES, VML_FUNCTIONS, warm_up_vector_math
+from mechlab.core.cpu_math import VML_DTYPES, VML_FUNCTIONS, one_thread, warm_up_vector_math
 
 # one small matmul (MKL's threads are then awake), then a LayerNorm scale over 5,000 rows, computed twice
 SCENARIO = """
@@ -74,3 +75,17 @@ def test_load_model_warms_up_before_it_builds_a_model(monkeypatch):
     monkeypatch.setattr(loading.TransformerBridge, "boot_transformers", booting)
     loading.load_model("tiny-gpt2", verbose=False)
     assert order == ["warm-up", "boot"]
+
+
+def test_one_thread_restores_the_thread_count_even_after_an_error():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with one_thread():
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError, match="inside"), one_thread():
+            raise RuntimeError("inside")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from mechlab.checks.core import Case, compare_tensors, negated, run_cases
 from mechlab.core.activations import hook_name, n_heads_for
+from mechlab.core.cpu_math import one_thread
 from mechlab.core.loading import load_model
 from mechlab.core.runs import Metric, cache_acts, logit_diff_metric
 from mechlab.core.tokens import logit_diff
@@ -46,12 +47,8 @@ def _on_one_thread(check: Callable) -> Callable:
 
     @wraps(check)
     def on_one(fn: Callable) -> None:
-        before = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        with one_thread():
             check(fn)
-        finally:
-            torch.set_num_threads(before)
 
     return on_one
 

@@ -23,9 +23,7 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import torch
@@ -37,6 +35,7 @@ from transformer_lens.hook_points import HookPoint
 from transformer_lens.HookedRootModule import HookedRootModule
 
 from mechlab.core.activations import head_labels
+from mechlab.core.cpu_math import one_thread
 from mechlab.core.results import Labelled
 from mechlab.data.skip_trigram import (
     D_VOCAB,
@@ -262,23 +261,11 @@ def loss_and_accuracy(model: nn.Module, data: SkipTrigramData, batch_size: int =
     return total_loss / len(data), correct / len(data)
 
 
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """Run torch on one CPU thread, restoring the previous setting after. The toy's matrices are ~11 x 11:
-    extra threads only add synchronisation, and on a busy 2-core machine they made training 20x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def train_toy(model_cfg: ToyConfig, train_cfg: ToyTrainConfig, *, progress: bool = True) -> TrainResult:
     """Train a fresh :class:`AttnOnlyTransformer` on seeded skip-trigram data; the same configs give the same
     numbers on the same machine. Shows a tqdm bar with the running train loss and the test accuracy.
     Runs on one CPU thread (restored afterwards): for a model this small that is the fastest setting."""
-    with _one_thread():
+    with one_thread():   # the toy's matrices are ~11 x 11: more threads only add synchronisation
         return _train(model_cfg, train_cfg, progress=progress)
 
 
