@@ -22,8 +22,8 @@ contribute 0. The seed's max over positions is never below 0 there and hides exa
 ``"min"`` keeps the strongest single position, ``"absmax"`` the largest |value| with its sign.
 
 **Checks** (used by the notebook's last cell; tolerances follow the model's dtype, :func:`tolerance`):
-:func:`assert_dla_complete`, :func:`assert_aggregate`, :func:`assert_ranking`, :func:`assert_sign_agreement`,
-:func:`assert_ig_complete`. Each raises ``AssertionError`` with the numbers that failed.
+:func:`assert_dla_complete`, :func:`assert_aggregate`, :func:`assert_ranking`, :func:`assert_ig_complete`. Each raises
+``AssertionError`` with the numbers that failed.
 
 Their figures are in :mod:`mechlab.plot.cot` (``figure_dla``, ``figure_atp``, ``figure_qkv``,
 ``figure_position_map``); head patterns draw with ``mechlab.plot.attention_heatmaps``.
@@ -474,17 +474,6 @@ def sign_agreement(figure: SubtaskAtP, exact: SubtaskAtP, kind: str) -> float:
     return float((torch.sign(a) == torch.sign(b)).float().mean())
 
 
-def assert_sign_agreement(figure: SubtaskAtP, exact: SubtaskAtP, kinds: Sequence[str], *,
-                          min_fraction: float = 0.9) -> dict[str, float]:
-    """Per kind, the figure's total over components has the exact patches' sign on >= ``min_fraction`` of pairs."""
-    out = {k: sign_agreement(figure, exact, k) for k in kinds}
-    bad = {k: v for k, v in out.items() if v < min_fraction}
-    if bad:
-        _fail(f"{figure.subtask}: {figure.method.upper()} agrees in sign with exact patching on only "
-              f"{ {k: f'{v:.0%}' for k, v in bad.items()} } of pairs (need {min_fraction:.0%}).")
-    return out
-
-
 def assert_ig_complete(ig: SubtaskAtP, clean: Float[Tensor, " problem"], corrupted: Float[Tensor, " problem"],
                        dtype: torch.dtype, *, rtol: float = 0.05) -> None:
     """IG on ``resid_pre`` is complete: each layer's total equals corrupted - clean (patching a whole residual stream
@@ -502,5 +491,5 @@ def assert_ig_complete(ig: SubtaskAtP, clean: Float[Tensor, " problem"], corrupt
 
 __all__ = ["ATP_KINDS", "REDUCTIONS", "SubtaskAtP", "SubtaskDLA", "aggregate_positions", "assert_aggregate",
            "assert_dla_complete", "assert_ig_complete", "assert_last_mlp_exact", "assert_ranking",
-           "assert_sign_agreement", "atp_subtask", "dla_subtask", "exact_subtask", "last_mlp_linearity",
+           "atp_subtask", "dla_subtask", "exact_subtask", "last_mlp_linearity",
            "pair_head_patterns", "reduce_positions", "sign_agreement", "spearman", "tolerance", "top_heads"]
