@@ -2,8 +2,9 @@
 
 The race needs a fresh process: torch's first ``sqrt`` on values split across threads. Measured on the 2-core
 development machine (torch 2.13.0+cpu, oneMKL 2024.2): without the warm-up the scenario below gave two different
-``sqrt`` results in 21 of 60 fresh processes, with it in 0 of 60. It is why unit 06's check cell failed about one
-``make test`` in ten: its sweep is the notebook's first forward pass, and every LayerNorm scale is a ``sqrt``.
+``sqrt`` results in 21 of 60 fresh processes, with it in 0 of 60. It is why unit 06's check cell failed now and then
+(1 of 8 runs of solutions/06 in a loop): its sweep is the notebook's first forward pass, and every LayerNorm scale is
+a ``sqrt``.
 """
 
 from __future__ import annotations
